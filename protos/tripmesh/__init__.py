@@ -1,0 +1,1 @@
+"""tripmesh: generated protobuf and gRPC stubs live in tripmesh.v1."""

@@ -1,0 +1,1 @@
+"""Generated stubs for package tripmesh.v1 (`make protos`; never edit the *_pb2* files)."""

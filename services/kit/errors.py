@@ -1,0 +1,103 @@
+"""Typed errors raised by handlers; kit.interceptors turns each into a rich google.rpc.Status.
+
+A handler never calls context.abort itself: it raises one of these, and one interceptor builds the
+status (code, message, ErrorInfo with the reason, BadRequest or RetryInfo where they apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class TripmeshError(Exception):
+    """Base of every error that travels to the caller as a gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "ERROR_REASON_UNSPECIFIED"
+    retry_after_seconds: float | None = None
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidRequestError(TripmeshError):
+    """Malformed or impossible input (P7): INVALID_ARGUMENT with one BadRequest violation per field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, violations: Sequence[FieldViolation]):
+        self.violations = tuple(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    @classmethod
+    def of(cls, field: str, description: str) -> InvalidRequestError:
+        return cls([FieldViolation(field, description)])
+
+
+class ReservationConflictError(TripmeshError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "RESERVATION_CONFLICT"
+
+
+class ReservationAbortedError(TripmeshError):
+    code = grpc.StatusCode.ABORTED
+    reason = "RESERVATION_CANCELLED"
+
+
+class SoldOutError(TripmeshError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "SOLD_OUT"
+
+
+class PaymentDeclinedError(TripmeshError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CARD_DECLINED"
+
+
+class HoldExpiredError(TripmeshError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "HOLD_EXPIRED"
+
+
+class ReservationCancelledError(TripmeshError):
+    """Confirm of a cancelled reservation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "RESERVATION_CANCELLED"
+
+
+class ReservationNotFoundError(TripmeshError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "RESERVATION_NOT_FOUND"
+
+
+class TripConflictError(TripmeshError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "TRIP_CONFLICT"
+
+
+class TripNotFoundError(TripmeshError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "TRIP_NOT_FOUND"
+
+
+class TransientError(TripmeshError):
+    """A dependency is down or overloaded: UNAVAILABLE with RetryInfo; the caller resends."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "TEMPORARILY_UNAVAILABLE"
+    retry_after_seconds = 0.2

@@ -1,0 +1,94 @@
+"""The server interceptor every process installs: log context from metadata, typed errors to statuses.
+
+- binds `trip_id` (from the `tripmesh-trip-id` metadata the coordinator sends) and the method name to
+  structlog's contextvars, so every line logged while serving the call carries them;
+- turns a raised TripmeshError into a rich status (code, message, ErrorInfo, BadRequest, RetryInfo);
+- turns any other exception into INTERNAL with a generic message; the traceback goes only to the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from services.kit.errors import TripmeshError
+from services.kit.status import to_grpc_status
+
+TRIP_ID_METADATA = "tripmesh-trip-id"
+
+log = structlog.get_logger("tripmesh.rpc")
+
+
+def _trip_id(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == TRIP_ID_METADATA:
+            return str(value)
+    return None
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, domain: str) -> None:
+        self._domain = domain
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        context_vars = {"rpc": details.method.rsplit("/", 1)[-1]}
+        trip_id = _trip_id(details.invocation_metadata)
+        if trip_id:
+            context_vars["trip_id"] = trip_id
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, context_vars),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, context_vars),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, behaviour: Any, context_vars: dict[str, str]) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with structlog.contextvars.bound_contextvars(**context_vars):
+                try:
+                    return await behaviour(request, context)
+                except TripmeshError as error:
+                    await self._abort(context, error)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    log.exception("rpc_internal_error")
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+        return wrapped
+
+    def _wrap_stream(self, behaviour: Any, context_vars: dict[str, str]) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with structlog.contextvars.bound_contextvars(**context_vars):
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                except TripmeshError as error:
+                    await self._abort(context, error)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    log.exception("rpc_internal_error")
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+        return wrapped
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: TripmeshError) -> None:
+        status = to_grpc_status(error, self._domain)
+        log.info("rpc_refused", code=error.code.name, reason=error.reason, message=error.message)
+        await context.abort(status.code, status.details, status.trailing_metadata)

@@ -1,0 +1,96 @@
+"""Build an aio gRPC server with health, reflection and the shared interceptor; run it until signalled.
+
+Building is apart from running so that tests bind port 0 and drive the server in-process, while
+`python -m services.<name>` runs the same server until SIGTERM/SIGINT. On a signal, health flips to
+NOT_SERVING first, calls in flight get `grace_seconds` to finish, and background tasks are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.kit.interceptors import ServerInterceptor
+
+log = structlog.get_logger("tripmesh.server")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service: its full name (from the descriptor), its registrar and its servicer."""
+
+    full_name: str
+    register: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+@dataclass
+class BuiltServer:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    service_names: list[str]
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.server.stop(grace)
+
+
+def build_server(bindings: Sequence[ServiceBinding], *, address: str, domain: str) -> BuiltServer:
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(domain)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for binding in bindings:
+        binding.register(binding.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [b.full_name for b in bindings]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    return BuiltServer(server=server, health=health_servicer, port=port, service_names=names)
+
+
+async def serve_until_signalled(
+    built: BuiltServer,
+    *,
+    grace_seconds: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve a started server until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", port=built.port, services=built.service_names)
+    await stop.wait()
+    log.info("stopping", grace_seconds=grace_seconds)
+    await built.stop(grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped")

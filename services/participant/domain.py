@@ -1,0 +1,41 @@
+"""What a participant service implements: its domain only (what is held, its price, its capacity).
+
+The store calls these inside the transaction that writes the reservation row, so the business change
+and the idempotency fence commit or roll back together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from services.kit.money import Money
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from services.participant.states import Record
+
+DetailsT = TypeVar("DetailsT")
+DetailsContraT = TypeVar("DetailsContraT", contravariant=True)
+
+
+class ParticipantDomain(Protocol[DetailsContraT]):
+    """A service's domain, plugged into the shared reservation store."""
+
+    name: str
+
+    def to_json(self, details: DetailsContraT) -> dict[str, Any]:
+        """The details as stored with the reservation (and fingerprinted for P1)."""
+        ...
+
+    async def hold(self, conn: AsyncConnection, details: DetailsContraT) -> Money:
+        """Take capacity for the details and price them; raise InvalidRequestError, SoldOutError, ..."""
+        ...
+
+    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+        """Make the held capacity permanent (payment: capture)."""
+        ...
+
+    async def release(self, conn: AsyncConnection, record: Record) -> None:
+        """Give back what record holds; record.status says HELD or CONFIRMED (payment: void or refund)."""
+        ...

@@ -1,0 +1,259 @@
+"""The reservation transactions every participant shares: Reserve, Confirm, Cancel, Get, expiry (P1-P6).
+
+Each call is one transaction on the service's own database: read the reservation row (locked where
+the backend can), ask the pure state machine what to do, apply the domain's business change and the
+row change together, commit. The primary key on reservation_id guards the race of two first Reserves
+with one id: the loser re-reads and is answered as a repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any, Generic
+
+from sqlalchemy import Row, Table, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.kit.clock import Clock
+from services.kit.db import db_retry
+from services.kit.errors import (
+    HoldExpiredError,
+    InvalidRequestError,
+    ReservationAbortedError,
+    ReservationCancelledError,
+    ReservationConflictError,
+    ReservationNotFoundError,
+)
+from services.kit.money import CATALOGUE_CURRENCY
+from services.participant.domain import DetailsT, ParticipantDomain
+from services.participant.states import Decision, Record, Status, on_cancel, on_confirm, on_reserve
+
+RESERVATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+def check_reservation_id(reservation_id: str) -> None:
+    if not reservation_id:
+        raise InvalidRequestError.of("reservation_id", "must not be empty")
+    if not RESERVATION_ID.match(reservation_id):
+        raise InvalidRequestError.of(
+            "reservation_id", "must be 1-128 characters of letters, digits and . _ : / - (starting alphanumeric)"
+        )
+
+
+def fingerprint(details: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(details, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class ReservationStore(Generic[DetailsT]):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        domain: ParticipantDomain[DetailsT],
+        clock: Clock,
+        hold_seconds: float,
+    ) -> None:
+        self.engine = engine
+        self.table = table
+        self.domain = domain
+        self.clock = clock
+        self.hold = timedelta(seconds=hold_seconds)
+
+    async def reserve(self, reservation_id: str, details: DetailsT) -> Record:
+        check_reservation_id(reservation_id)
+        stored = self.domain.to_json(details)
+        fp = fingerprint(stored)
+
+        async def work() -> Record | Exception:
+            async with self.engine.begin() as conn:
+                now = self.clock.now()
+                existing = await self._read(conn, reservation_id)
+                decision = on_reserve(existing, fp, now)
+                if decision is Decision.HOLD:
+                    price = await self.domain.hold(conn, details)
+                    record = Record(
+                        reservation_id,
+                        Status.HELD,
+                        fp,
+                        stored,
+                        price.minor_units,
+                        price.currency,
+                        now + self.hold,
+                        now,
+                        now,
+                    )
+                    await conn.execute(insert(self.table).values(**_row_values(record)))
+                    return record
+                if decision is Decision.EXPIRE:
+                    assert existing is not None
+                    await self._expire(conn, existing, now)
+                return self._refusal(decision, reservation_id) if decision is not Decision.RETURN else _some(existing)
+
+        try:
+            outcome = await db_retry(work)
+        except IntegrityError:
+            # Lost the race for a new id to a concurrent Reserve: answer as the repeat it is.
+            return await self.reserve(reservation_id, details)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def confirm(self, reservation_id: str) -> Record:
+        check_reservation_id(reservation_id)
+
+        async def work() -> Record | Exception:
+            async with self.engine.begin() as conn:
+                now = self.clock.now()
+                existing = await self._read(conn, reservation_id)
+                decision = on_confirm(existing, now)
+                if decision is Decision.CONFIRM:
+                    assert existing is not None
+                    await self.domain.confirm(conn, existing)
+                    return await self._transition(conn, existing, Status.CONFIRMED, now)
+                if decision is Decision.EXPIRE:
+                    assert existing is not None
+                    await self._expire(conn, existing, now)
+                if decision is Decision.RETURN:
+                    return _some(existing)
+                return self._refusal(decision, reservation_id, confirming=True)
+
+        outcome = await db_retry(work)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def cancel(self, reservation_id: str) -> Record:
+        check_reservation_id(reservation_id)
+
+        async def work() -> Record:
+            async with self.engine.begin() as conn:
+                now = self.clock.now()
+                existing = await self._read(conn, reservation_id)
+                decision = on_cancel(existing, now)
+                if decision is Decision.TOMBSTONE:
+                    record = Record(
+                        reservation_id, Status.CANCELLED, "", {}, 0, CATALOGUE_CURRENCY, None, now, now, tombstone=True
+                    )
+                    await conn.execute(insert(self.table).values(**_row_values(record)))
+                    return record
+                assert existing is not None
+                if decision is Decision.RELEASE:
+                    await self.domain.release(conn, existing)
+                    return await self._transition(conn, existing, Status.CANCELLED, now)
+                if decision is Decision.EXPIRE:
+                    return await self._expire(conn, existing, now)
+                return existing
+
+        try:
+            return await db_retry(work)
+        except IntegrityError:
+            return await self.cancel(reservation_id)
+
+    async def get(self, reservation_id: str) -> Record:
+        check_reservation_id(reservation_id)
+        async with self.engine.connect() as conn:
+            existing = await self._read(conn, reservation_id, lock=False)
+        if existing is None:
+            raise ReservationNotFoundError(f"no reservation {reservation_id!r}")
+        return existing
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """Release every hold past its expiry (the sweeper's job); returns how many were expired."""
+
+        async def work() -> int:
+            async with self.engine.begin() as conn:
+                now = self.clock.now()
+                rows = await conn.execute(
+                    select(self.table)
+                    .where(self.table.c.status == Status.HELD.value, self.table.c.expire_at <= now)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                records = [_record(row) for row in rows]
+                for record in records:
+                    await self._expire(conn, record, now)
+                return len(records)
+
+        return await db_retry(work)
+
+    async def _read(self, conn: AsyncConnection, reservation_id: str, *, lock: bool = True) -> Record | None:
+        query = select(self.table).where(self.table.c.reservation_id == reservation_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        return None if row is None else _record(row)
+
+    async def _transition(self, conn: AsyncConnection, record: Record, to: Status, now: datetime) -> Record:
+        """One conditional UPDATE: moves the row only from the status it was read in."""
+        result = await conn.execute(
+            update(self.table)
+            .where(self.table.c.reservation_id == record.reservation_id, self.table.c.status == record.status.value)
+            .values(status=to.value, updated_at=now)
+            .returning(*self.table.c)
+        )
+        row = result.first()
+        if row is None:
+            raise ReservationAbortedError(f"reservation {record.reservation_id!r} changed concurrently; retry")
+        return _record(row)
+
+    async def _expire(self, conn: AsyncConnection, record: Record, now: datetime) -> Record:
+        await self.domain.release(conn, record)
+        return await self._transition(conn, record, Status.EXPIRED, now)
+
+    def _refusal(self, decision: Decision, reservation_id: str, *, confirming: bool = False) -> Exception:
+        match decision:
+            case Decision.REFUSE_CANCELLED if confirming:
+                return ReservationCancelledError(
+                    f"reservation {reservation_id!r} was cancelled; it cannot be confirmed"
+                )
+            case Decision.REFUSE_CONFLICT:
+                return ReservationConflictError(f"reservation {reservation_id!r} already exists with different details")
+            case Decision.REFUSE_CANCELLED:
+                return ReservationAbortedError(
+                    f"reservation {reservation_id!r} was cancelled; it cannot be reserved again"
+                )
+            case Decision.REFUSE_EXPIRED | Decision.EXPIRE:
+                return HoldExpiredError(f"the hold {reservation_id!r} expired before it was confirmed")
+            case Decision.REFUSE_NOT_FOUND:
+                return ReservationNotFoundError(f"no reservation {reservation_id!r}")
+        raise AssertionError(decision)
+
+
+def _some(record: Record | None) -> Record:
+    assert record is not None
+    return record
+
+
+def _record(row: Row[Any]) -> Record:
+    m = row._mapping
+    return Record(
+        reservation_id=m["reservation_id"],
+        status=Status(m["status"]),
+        fingerprint=m["fingerprint"],
+        details=m["details"],
+        price_minor=m["price_minor"],
+        currency=m["currency"],
+        expire_at=m["expire_at"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        tombstone=bool(m["tombstone"]),
+    )
+
+
+def _row_values(record: Record) -> dict[str, Any]:
+    return {
+        "reservation_id": record.reservation_id,
+        "status": record.status.value,
+        "fingerprint": record.fingerprint,
+        "details": record.details,
+        "price_minor": record.price_minor,
+        "currency": record.currency,
+        "expire_at": record.expire_at,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "tombstone": record.tombstone,
+    }
