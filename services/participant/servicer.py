@@ -24,13 +24,13 @@ class ParticipantServicer(Generic[DetailsT]):
     def __init__(self, store: ReservationStore[DetailsT]) -> None:
         self.store = store
 
-    def describe(self, record: Record) -> dict[str, Any]:
-        """Extra response fields a service adds to Confirm/Get answers (notify: delivery state)."""
+    async def describe(self, record: Record) -> dict[str, Any]:
+        """Extra response fields a service adds to Confirm/Get answers (notify: delivery state, read from its DB)."""
         return {}
 
     async def Confirm(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = await self.store.confirm(request.reservation_id)
-        return self.confirm_response(reservation=reservation_to_proto(record), **self.describe(record))
+        return self.confirm_response(reservation=reservation_to_proto(record), **(await self.describe(record)))
 
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = await self.store.cancel(request.reservation_id)
@@ -38,4 +38,4 @@ class ParticipantServicer(Generic[DetailsT]):
 
     async def GetReservation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = await self.store.get(request.reservation_id)
-        return self.get_response(reservation=reservation_to_proto(record), **self.describe(record))
+        return self.get_response(reservation=reservation_to_proto(record), **(await self.describe(record)))
