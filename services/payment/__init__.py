@@ -1,0 +1,1 @@
+"""The payment participant: customers' payment methods, authorisations, captures, voids and refunds."""

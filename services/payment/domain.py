@@ -1,0 +1,257 @@
+"""The payment domain: what an authorisation holds (credit on a payment method) and how it moves.
+
+Reserve authorises (authorized += amount), Confirm captures (authorized -> captured), Cancel voids a
+hold (authorized -= amount) or refunds a capture (captured -= amount). Each movement is one
+conditional UPDATE on the method's counters plus one ledger row, in the store's transaction, so credit
+is never given twice (P6) and every cent can be accounted for (I6).
+
+Validation is plain functions at the top of this module, testable without I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.kit.clock import Clock
+from services.kit.errors import FieldViolation, InvalidRequestError, PaymentDeclinedError
+from services.kit.money import ACCEPTED_CURRENCIES, Money
+from services.participant.states import Record, Status
+from services.payment.models import ledger, payment_methods
+
+INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+_ACCEPTED = ", ".join(sorted(ACCEPTED_CURRENCIES))
+
+
+class LedgerKind(StrEnum):
+    AUTHORIZE = "AUTHORIZE"
+    CAPTURE = "CAPTURE"
+    VOID = "VOID"
+    REFUND = "REFUND"
+    EXPIRE = "EXPIRE"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentDetails:
+    """One Reserve (authorisation) request, parsed from the proto."""
+
+    reservation_id: str
+    customer_id: str
+    payment_method_id: str
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class MethodFacts:
+    """What validation needs to know about a stored payment method."""
+
+    payment_method_id: str
+    customer_id: str
+    currency: str
+    always_declines: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentMethodView:
+    payment_method_id: str
+    customer_id: str
+    brand: str
+    last4: str
+    credit_limit: Money
+    available: Money
+
+
+# --- pure validation ---------------------------------------------------------------------------------
+
+
+def amount_violations(amount: Money) -> list[FieldViolation]:
+    if not amount.currency:
+        return [FieldViolation("amount.currency_code", f"must be set; we take {_ACCEPTED}")]
+    if amount.currency not in ACCEPTED_CURRENCIES:
+        return [FieldViolation("amount.currency_code", f"we do not take {amount.currency}; we take {_ACCEPTED}")]
+    if amount.minor_units <= 0:
+        return [
+            FieldViolation(
+                "amount.minor_units", f"must be positive (in cents: 12950 is 129.50), got {amount.minor_units}"
+            )
+        ]
+    return []
+
+
+def validate_customer_id(customer_id: str) -> None:
+    if not customer_id.strip():
+        raise InvalidRequestError.of("customer_id", "must not be empty")
+
+
+def validate_payment(details: PaymentDetails) -> None:
+    """Reject a malformed authorisation request before anything is read or written (P7)."""
+    violations: list[FieldViolation] = []
+    if not details.customer_id.strip():
+        violations.append(FieldViolation("customer_id", "must not be empty"))
+    if not details.payment_method_id.strip():
+        violations.append(FieldViolation("payment_method_id", "must not be empty"))
+    violations.extend(amount_violations(details.amount))
+    if violations:
+        raise InvalidRequestError(violations)
+
+
+def check_method(details: PaymentDetails, method: MethodFacts | None) -> None:
+    """Whether this method may be charged for this request (unknown, someone else's, wrong currency, declines)."""
+    if method is None or method.customer_id != details.customer_id:
+        # One message for both cases, so that ids of other customers' methods cannot be probed.
+        raise InvalidRequestError.of(
+            "payment_method_id",
+            f"customer {details.customer_id!r} has no payment method {details.payment_method_id!r}",
+        )
+    if method.currency != details.amount.currency:
+        raise InvalidRequestError.of(
+            "amount.currency_code",
+            f"payment method {method.payment_method_id!r} is charged in {method.currency}, "
+            f"not {details.amount.currency}",
+        )
+    if method.always_declines:
+        raise PaymentDeclinedError(
+            "the card issuer declined the authorisation; try another payment method",
+            metadata={"payment_method_id": method.payment_method_id},
+        )
+
+
+def release_kind(record: Record, now: datetime) -> LedgerKind:
+    """How releasing a reservation is booked: a refund of a capture, or a void/expiry of a hold."""
+    if record.status is Status.CONFIRMED:
+        return LedgerKind.REFUND
+    return LedgerKind.EXPIRE if record.is_expired(now) else LedgerKind.VOID
+
+
+# --- the domain the reservation store plugs in -------------------------------------------------------
+
+
+class PaymentDomain:
+    name = "payment"
+
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def to_json(self, details: PaymentDetails) -> dict[str, Any]:
+        return {
+            "customer_id": details.customer_id,
+            "payment_method_id": details.payment_method_id,
+            "amount_minor": details.amount.minor_units,
+            "currency": details.amount.currency,
+        }
+
+    async def hold(self, conn: AsyncConnection, details: PaymentDetails) -> Money:
+        validate_payment(details)
+        check_method(details, await _method_facts(conn, details.payment_method_id))
+        amount = details.amount.minor_units
+        pm = payment_methods.c
+        authorised = await conn.execute(
+            update(payment_methods)
+            .where(
+                pm.payment_method_id == details.payment_method_id,
+                pm.credit_limit_minor - pm.authorized_minor - pm.captured_minor >= amount,
+            )
+            .values(authorized_minor=pm.authorized_minor + amount)
+            .returning(pm.payment_method_id)
+        )
+        if authorised.first() is None:
+            raise PaymentDeclinedError(
+                f"not enough credit left on {details.payment_method_id!r} for {details.amount}",
+                reason=INSUFFICIENT_FUNDS,
+                metadata={"payment_method_id": details.payment_method_id},
+            )
+        await self._book(conn, details.reservation_id, details.payment_method_id, LedgerKind.AUTHORIZE, details.amount)
+        return details.amount
+
+    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+        pm = payment_methods.c
+        amount = record.price_minor
+        await self._move(
+            conn,
+            record,
+            LedgerKind.CAPTURE,
+            pm.authorized_minor >= amount,
+            {"authorized_minor": pm.authorized_minor - amount, "captured_minor": pm.captured_minor + amount},
+        )
+
+    async def release(self, conn: AsyncConnection, record: Record) -> None:
+        pm = payment_methods.c
+        amount = record.price_minor
+        kind = release_kind(record, self.clock.now())
+        if kind is LedgerKind.REFUND:
+            await self._move(
+                conn, record, kind, pm.captured_minor >= amount, {"captured_minor": pm.captured_minor - amount}
+            )
+        else:
+            await self._move(
+                conn, record, kind, pm.authorized_minor >= amount, {"authorized_minor": pm.authorized_minor - amount}
+            )
+
+    async def list_methods(self, customer_id: str) -> list[PaymentMethodView]:
+        validate_customer_id(customer_id)
+        pm = payment_methods.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(payment_methods).where(pm.customer_id == customer_id).order_by(pm.payment_method_id)
+            )
+            return [
+                PaymentMethodView(
+                    payment_method_id=row.payment_method_id,
+                    customer_id=row.customer_id,
+                    brand=row.brand,
+                    last4=row.last4,
+                    credit_limit=Money(row.credit_limit_minor, row.currency),
+                    available=Money(row.credit_limit_minor - row.authorized_minor - row.captured_minor, row.currency),
+                )
+                for row in rows
+            ]
+
+    async def _move(
+        self, conn: AsyncConnection, record: Record, kind: LedgerKind, guard: Any, values: dict[str, Any]
+    ) -> None:
+        """One conditional UPDATE of a method's counters for a stored reservation, and its ledger row."""
+        method_id = str(record.details["payment_method_id"])
+        moved = await conn.execute(
+            update(payment_methods)
+            .where(payment_methods.c.payment_method_id == method_id, guard)
+            .values(**values)
+            .returning(payment_methods.c.payment_method_id)
+        )
+        if moved.first() is None:
+            raise RuntimeError(f"payment method {method_id!r} counters out of step with {record.reservation_id!r}")
+        money = Money(record.price_minor, record.currency)
+        await self._book(conn, record.reservation_id, method_id, kind, money)
+
+    async def _book(
+        self, conn: AsyncConnection, reservation_id: str, method_id: str, kind: LedgerKind, amount: Money
+    ) -> None:
+        await conn.execute(
+            insert(ledger).values(
+                reservation_id=reservation_id,
+                payment_method_id=method_id,
+                kind=kind.value,
+                amount_minor=amount.minor_units,
+                currency=amount.currency,
+                at=self.clock.now(),
+            )
+        )
+
+
+async def _method_facts(conn: AsyncConnection, method_id: str) -> MethodFacts | None:
+    pm = payment_methods.c
+    row = (
+        await conn.execute(
+            select(pm.payment_method_id, pm.customer_id, pm.currency, pm.always_declines).where(
+                pm.payment_method_id == method_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return MethodFacts(row.payment_method_id, row.customer_id, row.currency, bool(row.always_declines))
