@@ -1,0 +1,71 @@
+"""Assemble and start the coordinator: step log, participants' clients, engine, server, recovery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.engine import Engine
+from coordinator.models import metadata
+from coordinator.participants import Participants
+from coordinator.saga import TRIP_SAGA
+from coordinator.service import TripService
+from coordinator.servicer import TripCoordinatorServicer
+from coordinator.settings import CoordinatorSettings
+from coordinator.steplog import StepLogStore
+from services.kit.clock import Clock, SystemClock
+from services.kit.db import create_schema, make_engine
+from services.kit.server import BuiltServer, ServiceBinding, build_server
+from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
+from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
+
+log = structlog.get_logger("tripmesh.coordinator")
+
+SERVICE_NAME = trip_pb.DESCRIPTOR.services_by_name["TripCoordinator"].full_name
+
+
+@dataclass
+class RunningCoordinator:
+    built: BuiltServer
+    db: AsyncEngine
+    engine: Engine
+    participants: Participants
+    service: TripService
+
+    @property
+    def port(self) -> int:
+        return self.built.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.built.stop(grace)
+        await self.engine.stop()
+        await self.participants.close()
+        await self.db.dispose()
+
+
+async def start_coordinator(
+    settings: CoordinatorSettings, *, address: str | None = None, clock: Clock | None = None
+) -> RunningCoordinator:
+    clock = clock or SystemClock()
+    db = make_engine(settings.service.database_url)
+    await create_schema(db, metadata)
+    store = StepLogStore(db)
+    participants = Participants(settings.addresses, call_timeout=settings.call_timeout)
+    engine = Engine(TRIP_SAGA, store, participants, clock, settings.policy)
+    service = TripService(
+        TRIP_SAGA, store, engine, clock, trip_timeout=settings.trip_timeout, book_wait=settings.book_wait
+    )
+    servicer = TripCoordinatorServicer(service)
+    built = build_server(
+        [ServiceBinding(SERVICE_NAME, trip_grpc.add_TripCoordinatorServicer_to_server, servicer)],
+        address=address or f"{settings.service.host}:{settings.service.port}",
+        domain=SERVICE_NAME,
+    )
+    await built.start()
+    recovered = await service.recover()
+    log.info(
+        "coordinator_started", port=built.port, recovered_trips=recovered, database_url=settings.service.database_url
+    )
+    return RunningCoordinator(built=built, db=db, engine=engine, participants=participants, service=service)

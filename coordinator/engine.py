@@ -1,0 +1,173 @@
+"""Runs trips: asks the planner what next, writes each step's intent, calls, writes the outcome.
+
+Retries live here and only here, so every attempt is in the step log: transient and unknown outcomes
+are resent with exponential backoff and full jitter up to the action's budget; refusals never are.
+Parallel steps of a group run as concurrent tasks (asyncio.gather over the participants' futures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+
+import structlog
+
+from coordinator.participants import Outcome, OutcomeKind, Participants
+from coordinator.planner import Call, Done, Transition, plan
+from coordinator.requests import build_request
+from coordinator.saga import SagaDefinition
+from coordinator.steplog import StepLogStore
+from coordinator.trip import Action, Step, StepStatus, Trip
+from services.kit.clock import Clock
+from services.kit.errors import TransientError
+
+log = structlog.get_logger("tripmesh.engine")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    reserve_attempts: int = 4
+    confirm_attempts: int = 30
+    cancel_attempts: int = 30
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def attempts(self, action: Action) -> int:
+        return {
+            Action.RESERVE: self.reserve_attempts,
+            Action.CONFIRM: self.confirm_attempts,
+            Action.CANCEL: self.cancel_attempts,
+        }[action]
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter (AWS architecture blog): uniform in [0, min(max, initial * 2^(attempt-1))]."""
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)))
+
+
+class Engine:
+    def __init__(
+        self,
+        saga: SagaDefinition,
+        store: StepLogStore,
+        participants: Participants,
+        clock: Clock,
+        policy: RetryPolicy,
+    ) -> None:
+        self.saga = saga
+        self.store = store
+        self.participants = participants
+        self.clock = clock
+        self.policy = policy
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._finished: dict[str, asyncio.Event] = {}
+        self._live: dict[str, Trip] = {}
+
+    def start(self, trip: Trip) -> None:
+        """Drive a trip in the background, unless this process already is."""
+        if trip.trip_id in self._tasks or trip.state.terminal:
+            return
+        self._live[trip.trip_id] = trip
+        self._finished[trip.trip_id] = asyncio.Event()
+        self._tasks[trip.trip_id] = asyncio.create_task(self._drive(trip), name=f"trip:{trip.trip_id}")
+
+    def live(self, trip_id: str) -> Trip | None:
+        return self._live.get(trip_id)
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def wait(self, trip_id: str, seconds: float | None) -> None:
+        """Wait until the trip this process drives is terminal, or `seconds` pass."""
+        event = self._finished.get(trip_id)
+        if event is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _drive(self, trip: Trip) -> None:
+        with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id):
+            try:
+                await self._run(trip)
+            finally:
+                self._tasks.pop(trip.trip_id, None)
+                self._live.pop(trip.trip_id, None)
+                event = self._finished.pop(trip.trip_id, None)
+                if event is not None:
+                    event.set()
+
+    async def _run(self, trip: Trip) -> None:
+        delay = self.policy.initial_backoff
+        while True:
+            next_plan = plan(self.saga, trip, self.clock.now())
+            try:
+                if isinstance(next_plan, Done):
+                    return
+                if isinstance(next_plan, Transition):
+                    await self._transition(trip, next_plan)
+                elif isinstance(next_plan, Call):
+                    await asyncio.gather(*(self._run_step(trip, name) for name in next_plan.steps))
+                delay = self.policy.initial_backoff
+            except TransientError as error:
+                # The step log could not be written: nothing was sent without its intent. Try again.
+                log.warning("step_log_unavailable", error=str(error), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(self.policy.max_backoff, delay * 2)
+
+    async def _transition(self, trip: Trip, transition: Transition) -> None:
+        now = self.clock.now()
+        reason = transition.reason or trip.failure_reason
+        await self.store.set_state(trip, transition.state, reason, now)
+        previous = trip.state
+        trip.state, trip.failure_reason, trip.updated_at = transition.state, reason, now
+        log.info("trip_state", previous=previous.value, state=trip.state.value, reason=reason or None)
+
+    async def _run_step(self, trip: Trip, name: str) -> None:
+        step = trip.steps.get(name)
+        if step is None:
+            step = Step(
+                name=name, seq=len(trip.steps) + 1, status=StepStatus.STARTED, attempts=0, started_at=self.clock.now()
+            )
+            trip.steps[name] = step
+        request = build_request(self.saga, trip, name)
+        budget = step.attempts + self.policy.attempts(step.action)
+        while True:
+            step.attempts += 1
+            step.status, step.finished_at = StepStatus.STARTED, None
+            await self.store.save_step(trip.trip_id, step)  # the intent is durable before the call leaves
+            outcome = await self.participants.call(name, request, trip.trip_id)
+            self._record(step, outcome)
+            retry = outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.UNKNOWN) and step.attempts < budget
+            if not retry:
+                if step.status is StepStatus.STARTED:
+                    step.status = StepStatus.FAILED
+                step.finished_at = self.clock.now()
+            await self.store.save_step(trip.trip_id, step)
+            log.info(
+                "step_outcome",
+                step=name,
+                attempt=step.attempts,
+                outcome=outcome.kind.value,
+                code=outcome.code or None,
+                reason=outcome.reason or None,
+            )
+            if not retry:
+                return
+            await asyncio.sleep(self.policy.backoff(step.attempts))
+
+    @staticmethod
+    def _record(step: Step, outcome: Outcome) -> None:
+        if outcome.kind is OutcomeKind.OK:
+            step.status = StepStatus.SUCCEEDED
+            step.result = outcome.result
+            return
+        step.error_code, step.error_reason, step.error_message = outcome.code, outcome.reason, outcome.message
+        if outcome.kind is OutcomeKind.REFUSED:
+            step.status = StepStatus.REFUSED

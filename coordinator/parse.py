@@ -1,0 +1,137 @@
+"""BookTrip requests to TripRequest, with every violation named by its field (INVALID_ARGUMENT).
+
+Nothing is written for a request that fails here: validation runs before the trip is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import date
+
+from coordinator.trip import FlightPart, HotelPart, TripRequest
+from services.kit.errors import FieldViolation, InvalidRequestError
+from services.kit.money import CATALOGUE_CURRENCY
+from tripmesh.v1 import common_pb2 as common_pb
+from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
+
+TRIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+FLIGHT_ID = re.compile(r"^[A-Z0-9]{2,8}-(\d{4})(\d{2})(\d{2})$")
+EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+MAX_NIGHTS = 30
+
+_Bad = Callable[[str, str], None]
+
+
+def parse_trip_id(trip_id: str, field: str = "trip_id") -> str:
+    if not trip_id:
+        raise InvalidRequestError.of(field, "must not be empty")
+    if not TRIP_ID.match(trip_id):
+        raise InvalidRequestError.of(
+            field, "must be 1-64 characters of letters, digits, '-', '_' and '.', starting with a letter or digit"
+        )
+    return trip_id
+
+
+def parse_book_trip(request: trip_pb.BookTripRequest) -> TripRequest:
+    errors: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        errors.append(FieldViolation(field, description))
+
+    if not request.trip_id:
+        bad("trip_id", "must not be empty")
+    elif not TRIP_ID.match(request.trip_id):
+        bad("trip_id", "must be 1-64 characters of letters, digits, '-', '_' and '.', starting with a letter or digit")
+    customer = request.customer
+    if not customer.customer_id:
+        bad("customer.customer_id", "must not be empty")
+    elif len(customer.customer_id) > 128:
+        bad("customer.customer_id", "must be at most 128 characters")
+    if not EMAIL.match(customer.email) or len(customer.email) > 254:
+        bad("customer.email", f"{customer.email!r} is not an e-mail address")
+    if len(customer.name) > 200:
+        bad("customer.name", "must be at most 200 characters")
+    flight = _parse_flight(request, bad) if request.HasField("flight") else None
+    if flight is None and not request.HasField("flight"):
+        bad("flight", "is required")
+    hotel = _parse_hotel(request.hotel, bad) if request.HasField("hotel") else None
+    if not request.payment_method_id:
+        bad("payment_method_id", "must not be empty")
+    currency = request.currency_code or CATALOGUE_CURRENCY
+    if currency != CATALOGUE_CURRENCY:
+        bad("currency_code", f"we do not take {currency!r}; trips are priced and paid in {CATALOGUE_CURRENCY}")
+    if errors:
+        raise InvalidRequestError(errors)
+    assert flight is not None
+    return TripRequest(
+        trip_id=request.trip_id,
+        customer_id=customer.customer_id,
+        email=customer.email,
+        name=customer.name,
+        flight=flight,
+        hotel=hotel,
+        payment_method_id=request.payment_method_id,
+        currency=currency,
+    )
+
+
+def _parse_flight(request: trip_pb.BookTripRequest, bad: _Bad) -> FlightPart | None:
+    flight = request.flight
+    outbound = _flight_date(flight.outbound_flight_id, "flight.outbound_flight_id", bad, required=True)
+    back = _flight_date(flight.return_flight_id, "flight.return_flight_id", bad, required=False)
+    if outbound and back:
+        if flight.return_flight_id == flight.outbound_flight_id:
+            bad("flight.return_flight_id", "must differ from the outbound flight")
+        elif back < outbound:
+            bad("flight.return_flight_id", f"the return ({back}) is before the departure ({outbound})")
+    if flight.cabin not in (1, 2, 3):
+        bad("flight.cabin", "must be CABIN_ECONOMY, CABIN_PREMIUM_ECONOMY or CABIN_BUSINESS")
+    if not 1 <= flight.passenger_count <= 9:
+        bad("flight.passenger_count", f"must be between 1 and 9, got {flight.passenger_count}")
+    return FlightPart(flight.outbound_flight_id, flight.return_flight_id, int(flight.cabin), flight.passenger_count)
+
+
+def _parse_hotel(hotel: trip_pb.TripHotel, bad: _Bad) -> HotelPart | None:
+    if not hotel.hotel_id:
+        bad("hotel.hotel_id", "must not be empty")
+    if hotel.room_type not in (1, 2, 3):
+        bad("hotel.room_type", "must be ROOM_TYPE_STANDARD, ROOM_TYPE_DELUXE or ROOM_TYPE_SUITE")
+    check_in = _date(hotel.check_in, "hotel.check_in", bad)
+    check_out = _date(hotel.check_out, "hotel.check_out", bad)
+    if check_in and check_out:
+        if check_out <= check_in:
+            bad("hotel.check_out", f"must be after check-in ({check_in}), got {check_out}")
+        elif (check_out - check_in).days > MAX_NIGHTS:
+            bad("hotel.check_out", f"a stay is at most {MAX_NIGHTS} nights")
+    room_count = hotel.room_count or 1
+    if not 1 <= room_count <= 5:
+        bad("hotel.room_count", f"must be between 1 and 5, got {hotel.room_count}")
+    if not (check_in and check_out):
+        return None
+    return HotelPart(hotel.hotel_id, int(hotel.room_type), check_in.isoformat(), check_out.isoformat(), room_count)
+
+
+def _flight_date(flight_id: str, field: str, bad: _Bad, *, required: bool) -> date | None:
+    if not flight_id:
+        if required:
+            bad(field, "must not be empty")
+        return None
+    match = FLIGHT_ID.match(flight_id)
+    parsed = None
+    if match:
+        try:
+            parsed = date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        bad(field, f"{flight_id!r} is not a flight id like 'TM101-20270315' (flight number, date)")
+    return parsed
+
+
+def _date(value: common_pb.Date, field: str, bad: _Bad) -> date | None:
+    try:
+        return date(value.year, value.month, value.day)
+    except ValueError:
+        bad(field, "is required and must be a real date (year, month, day)")
+        return None

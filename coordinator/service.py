@@ -1,0 +1,78 @@
+"""The coordinator's use cases: accept a trip durably, drive it, read trips. No proto, no SQL here."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from coordinator.engine import Engine
+from coordinator.saga import SagaDefinition
+from coordinator.steplog import StepLogStore
+from coordinator.trip import Trip, TripRequest, TripState
+from services.kit.clock import Clock
+from services.kit.errors import InvalidRequestError, TripConflictError, TripNotFoundError
+
+
+class TripService:
+    def __init__(
+        self,
+        saga: SagaDefinition,
+        store: StepLogStore,
+        engine: Engine,
+        clock: Clock,
+        *,
+        trip_timeout: float,
+        book_wait: float,
+    ) -> None:
+        self.saga = saga
+        self.store = store
+        self.engine = engine
+        self.clock = clock
+        self.trip_timeout = timedelta(seconds=trip_timeout)
+        self.book_wait = book_wait
+
+    async def book(self, request: TripRequest, wait: float | None) -> Trip:
+        """Accept the trip (durably, once per trip id), then wait for its outcome up to `wait` seconds."""
+        now = self.clock.now()
+        trip = Trip(
+            request=request,
+            state=TripState.RESERVING,  # accepted: the first write is the trip itself, then the intents
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + self.trip_timeout,
+            definition_version=self.saga.version,
+        )
+        existing = await self.store.create_trip(trip)
+        if existing is not None:
+            if existing.request.fingerprint() != request.fingerprint():
+                raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
+            trip = self.engine.live(request.trip_id) or existing
+            self.engine.start(trip)  # a no-op if terminal or already driven here
+        else:
+            self.engine.start(trip)
+        await self.engine.wait(request.trip_id, self.book_wait if wait is None else wait)
+        return self.engine.live(request.trip_id) or await self.get(request.trip_id)
+
+    async def get(self, trip_id: str) -> Trip:
+        trip = await self.store.load(trip_id)
+        if trip is None:
+            raise TripNotFoundError(f"no trip {trip_id!r}")
+        return trip
+
+    async def list(
+        self, *, state: TripState | None, customer_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Trip], str]:
+        try:
+            return await self.store.list_trips(
+                state=state, customer_id=customer_id, page_size=page_size, page_token=page_token
+            )
+        except ValueError as error:
+            raise InvalidRequestError.of("page_token", "is not a token from a previous ListTrips response") from error
+
+    async def recover(self) -> int:
+        """Drive every trip that is not terminal (after a crash): forward or backward as the log says."""
+        trip_ids = await self.store.unfinished_trip_ids()
+        for trip_id in trip_ids:
+            trip = await self.store.load(trip_id)
+            if trip is not None:
+                self.engine.start(trip)
+        return len(trip_ids)

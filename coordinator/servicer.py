@@ -1,0 +1,56 @@
+"""TripCoordinator: proto in, coordinator calls, proto out; nothing else."""
+
+from __future__ import annotations
+
+import grpc
+
+from coordinator.parse import parse_book_trip, parse_trip_id
+from coordinator.service import TripService
+from coordinator.trip import TripState
+from coordinator.views import trip_to_proto
+from services.kit.errors import InvalidRequestError
+from tripmesh.v1 import common_pb2 as common_pb
+from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
+from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+REPLY_MARGIN_SECONDS = 0.05
+
+
+class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
+    def __init__(self, service: TripService) -> None:
+        self.service = service
+
+    async def BookTrip(
+        self, request: trip_pb.BookTripRequest, context: grpc.aio.ServicerContext
+    ) -> trip_pb.BookTripResponse:
+        trip_request = parse_book_trip(request)
+        remaining = context.time_remaining()
+        wait = None if remaining is None else max(0.0, remaining - REPLY_MARGIN_SECONDS)
+        trip = await self.service.book(trip_request, wait)
+        return trip_pb.BookTripResponse(trip=trip_to_proto(self.service.saga, trip))
+
+    async def GetTrip(
+        self, request: trip_pb.GetTripRequest, context: grpc.aio.ServicerContext
+    ) -> trip_pb.GetTripResponse:
+        trip = await self.service.get(parse_trip_id(request.trip_id))
+        return trip_pb.GetTripResponse(trip=trip_to_proto(self.service.saga, trip))
+
+    async def ListTrips(
+        self, request: trip_pb.ListTripsRequest, context: grpc.aio.ServicerContext
+    ) -> trip_pb.ListTripsResponse:
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidRequestError.of("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
+        state = None
+        if request.state != common_pb.TRIP_STATE_UNSPECIFIED:
+            state = TripState(common_pb.TripState.Name(request.state).removeprefix("TRIP_STATE_"))
+        trips, token = await self.service.list(
+            state=state,
+            customer_id=request.customer_id,
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
+            page_token=request.page_token,
+        )
+        return trip_pb.ListTripsResponse(
+            trips=[trip_to_proto(self.service.saga, t) for t in trips], next_page_token=token
+        )

@@ -1,0 +1,42 @@
+"""The coordinator's configuration (TRIPMESH_COORDINATOR_*), with the documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coordinator.engine import RetryPolicy
+from coordinator.participants import Addresses
+from services.kit.settings import DEFAULT_PORTS, ServiceSettings, env, env_float, env_int
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    service: ServiceSettings
+    addresses: Addresses
+    call_timeout: float  # seconds per participant call
+    trip_timeout: float  # a trip still reserving after this long compensates
+    book_wait: float  # how long BookTrip waits for the outcome when the caller set no deadline
+    policy: RetryPolicy
+
+    @classmethod
+    def from_env(cls) -> CoordinatorSettings:
+        c = "coordinator"
+        return cls(
+            service=ServiceSettings.from_env(c),
+            addresses=Addresses(
+                **{
+                    name: env(c, f"{name}_address", f"127.0.0.1:{DEFAULT_PORTS[name]}")
+                    for name in ("flight", "hotel", "payment", "notify")
+                }
+            ),
+            call_timeout=env_float(c, "call_timeout_seconds", 5.0),
+            trip_timeout=env_float(c, "trip_timeout_seconds", 300.0),
+            book_wait=env_float(c, "book_wait_seconds", 30.0),
+            policy=RetryPolicy(
+                reserve_attempts=env_int(c, "reserve_attempts", 4),
+                confirm_attempts=env_int(c, "confirm_attempts", 30),
+                cancel_attempts=env_int(c, "cancel_attempts", 30),
+                initial_backoff=env_float(c, "initial_backoff_seconds", 0.05),
+                max_backoff=env_float(c, "max_backoff_seconds", 2.0),
+            ),
+        )

@@ -1,0 +1,187 @@
+"""StepLogStore: the only SQL on the coordinator's trips and steps (as DBOS's SystemDatabase).
+
+Every write is its own committed transaction: a step's intent is durable before its call is sent,
+its outcome when it is known, and the commit decision before any Confirm.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.models import steps, trips
+from coordinator.trip import TERMINAL_STATES, Step, StepStatus, Trip, TripRequest, TripState
+from services.kit.db import db_retry
+
+
+class StepLogStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    async def create_trip(self, trip: Trip) -> Trip | None:
+        """Insert a new trip; if the id is taken, return the stored trip instead (None when created)."""
+
+        async def work() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(trips).values(**_trip_values(trip)))
+
+        try:
+            await db_retry(work)
+        except IntegrityError:
+            existing = await self.load(trip.trip_id)
+            assert existing is not None
+            return existing
+        return None
+
+    async def save_step(self, trip_id: str, step: Step) -> None:
+        values = _step_values(trip_id, step)
+        stmt = self._insert(steps).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[steps.c.trip_id, steps.c.name],
+            set_={k: v for k, v in values.items() if k not in ("trip_id", "name", "seq")},
+        )
+
+        async def work() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(stmt)
+
+        await db_retry(work)
+
+    async def set_state(self, trip: Trip, state: TripState, reason: str, now: datetime) -> None:
+        async def work() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(trips)
+                    .where(trips.c.trip_id == trip.trip_id)
+                    .values(state=state.value, failure_reason=reason, updated_at=now)
+                )
+
+        await db_retry(work)
+
+    async def load(self, trip_id: str) -> Trip | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(trips).where(trips.c.trip_id == trip_id))).first()
+            if row is None:
+                return None
+            step_rows = (await conn.execute(select(steps).where(steps.c.trip_id == trip_id))).all()
+        trip = _trip(row)
+        for step_row in step_rows:
+            step = _step(step_row)
+            trip.steps[step.name] = step
+        return trip
+
+    async def unfinished_trip_ids(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(trips.c.trip_id)
+                .where(trips.c.state.not_in([s.value for s in TERMINAL_STATES]))
+                .order_by(trips.c.created_at)
+            )
+            return [r.trip_id for r in rows]
+
+    async def list_trips(
+        self, *, state: TripState | None, customer_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Trip], str]:
+        query = select(trips).order_by(trips.c.created_at.desc(), trips.c.trip_id.desc()).limit(page_size + 1)
+        if state is not None:
+            query = query.where(trips.c.state == state.value)
+        if customer_id:
+            query = query.where(trips.c.customer_id == customer_id)
+        if page_token:
+            created_at, trip_id = decode_page_token(page_token)
+            query = query.where(
+                or_(trips.c.created_at < created_at, and_(trips.c.created_at == created_at, trips.c.trip_id < trip_id))
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            page = [_trip(r) for r in rows[:page_size]]
+            if page:
+                step_rows = await conn.execute(select(steps).where(steps.c.trip_id.in_([t.trip_id for t in page])))
+                by_id = {t.trip_id: t for t in page}
+                for step_row in step_rows:
+                    step = _step(step_row)
+                    by_id[step_row.trip_id].steps[step.name] = step
+        next_token = encode_page_token(page[-1]) if len(rows) > page_size else ""
+        return page, next_token
+
+
+def encode_page_token(trip: Trip) -> str:
+    body = json.dumps([trip.created_at.isoformat(), trip.trip_id]).encode()
+    return base64.urlsafe_b64encode(body).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """Raises ValueError on a malformed token."""
+    try:
+        created_at, trip_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(created_at), str(trip_id)
+    except (ValueError, TypeError) as error:
+        raise ValueError("malformed page_token") from error
+
+
+def _trip_values(trip: Trip) -> dict[str, Any]:
+    return {
+        "trip_id": trip.trip_id,
+        "state": trip.state.value,
+        "fingerprint": trip.request.fingerprint(),
+        "request": trip.request.to_json(),
+        "customer_id": trip.request.customer_id,
+        "definition_version": trip.definition_version,
+        "failure_reason": trip.failure_reason,
+        "created_at": trip.created_at,
+        "updated_at": trip.updated_at,
+        "deadline_at": trip.deadline_at,
+    }
+
+
+def _trip(row: Row[Any]) -> Trip:
+    m = row._mapping
+    return Trip(
+        request=TripRequest.from_json(m["request"]),
+        state=TripState(m["state"]),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        deadline_at=m["deadline_at"],
+        definition_version=m["definition_version"],
+        failure_reason=m["failure_reason"],
+    )
+
+
+def _step_values(trip_id: str, step: Step) -> dict[str, Any]:
+    return {
+        "trip_id": trip_id,
+        "name": step.name,
+        "seq": step.seq,
+        "status": step.status.value,
+        "attempts": step.attempts,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "error_code": step.error_code,
+        "error_reason": step.error_reason,
+        "error_message": step.error_message,
+        "result": step.result,
+    }
+
+
+def _step(row: Row[Any]) -> Step:
+    m = row._mapping
+    return Step(
+        name=m["name"],
+        seq=m["seq"],
+        status=StepStatus(m["status"]),
+        attempts=m["attempts"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        error_code=m["error_code"],
+        error_reason=m["error_reason"],
+        error_message=m["error_message"],
+        result=m["result"],
+    )

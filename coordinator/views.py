@@ -1,0 +1,126 @@
+"""Trips to proto messages (adapter)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from coordinator.requests import date_message, reservation_id, trip_total
+from coordinator.saga import SagaDefinition
+from coordinator.trip import Action, Step, StepStatus, Trip, TripRequest
+from tripmesh.v1 import common_pb2 as common_pb
+from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
+
+_STEP_STATUS = {
+    StepStatus.STARTED: trip_pb.STEP_STATUS_STARTED,
+    StepStatus.SUCCEEDED: trip_pb.STEP_STATUS_SUCCEEDED,
+    StepStatus.REFUSED: trip_pb.STEP_STATUS_REFUSED,
+    StepStatus.FAILED: trip_pb.STEP_STATUS_FAILED,
+}
+_ACTION = {
+    Action.RESERVE: trip_pb.STEP_ACTION_RESERVE,
+    Action.CONFIRM: trip_pb.STEP_ACTION_CONFIRM,
+    Action.CANCEL: trip_pb.STEP_ACTION_CANCEL,
+}
+
+
+def trip_to_proto(saga: SagaDefinition, trip: Trip) -> trip_pb.Trip:
+    message = trip_pb.Trip(
+        trip_id=trip.trip_id,
+        state=common_pb.TripState.Value(f"TRIP_STATE_{trip.state.value}"),
+        customer_id=trip.request.customer_id,
+        failure_reason=trip.failure_reason,
+        create_time=_ts(trip.created_at),
+        update_time=_ts(trip.updated_at),
+        request=request_to_proto(trip.request),
+    )
+    total = trip_total(saga, trip)
+    if total is not None:
+        message.total.CopyFrom(common_pb.Money(currency_code=total.currency, minor_units=total.minor_units))
+    for participant in saga.participants:
+        status = _reservation_status(trip, participant)
+        if status is None:
+            continue
+        reserve = trip.steps[f"{participant}.reserve"]
+        message.reservations.append(
+            trip_pb.TripReservation(
+                participant=participant,
+                reservation_id=reservation_id(trip.trip_id, participant),
+                status=status,
+                price=common_pb.Money(
+                    currency_code=str(reserve.result.get("currency", trip.request.currency)),
+                    minor_units=int(reserve.result.get("price_minor", 0)),
+                ),
+            )
+        )
+    message.steps.extend(_step_to_proto(saga, trip, step) for step in trip.ordered_steps())
+    return message
+
+
+def _reservation_status(trip: Trip, participant: str) -> common_pb.ReservationStatus.ValueType | None:
+    reserve = trip.status_of(f"{participant}.reserve")
+    if reserve is None or reserve is StepStatus.REFUSED:
+        return None
+    if trip.status_of(f"{participant}.cancel") is StepStatus.SUCCEEDED:
+        return common_pb.RESERVATION_STATUS_CANCELLED
+    if trip.status_of(f"{participant}.confirm") is StepStatus.SUCCEEDED:
+        return common_pb.RESERVATION_STATUS_CONFIRMED
+    if reserve is StepStatus.SUCCEEDED:
+        return common_pb.RESERVATION_STATUS_HELD
+    return common_pb.RESERVATION_STATUS_UNSPECIFIED
+
+
+def _step_to_proto(saga: SagaDefinition, trip: Trip, step: Step) -> trip_pb.TripStep:
+    message = trip_pb.TripStep(
+        name=step.name,
+        participant=step.participant,
+        action=_ACTION[step.action],
+        status=_STEP_STATUS[step.status],
+        attempts=step.attempts,
+        start_time=_ts(step.started_at),
+        error_code=step.error_code,
+        error_reason=step.error_reason,
+        error_message=step.error_message,
+        reservation_id=reservation_id(trip.trip_id, step.participant),
+        auxiliary=step.participant in saga.auxiliary,
+    )
+    if step.finished_at is not None:
+        message.end_time.CopyFrom(_ts(step.finished_at))
+        duration = duration_pb2.Duration()
+        duration.FromTimedelta(step.finished_at - step.started_at)
+        message.duration.CopyFrom(duration)
+    return message
+
+
+def request_to_proto(request: TripRequest) -> trip_pb.BookTripRequest:
+    message = trip_pb.BookTripRequest(
+        trip_id=request.trip_id,
+        customer=trip_pb.Customer(customer_id=request.customer_id, email=request.email, name=request.name),
+        flight=trip_pb.TripFlight(
+            outbound_flight_id=request.flight.outbound_flight_id,
+            return_flight_id=request.flight.return_flight_id,
+            cabin=request.flight.cabin,  # type: ignore[arg-type]
+            passenger_count=request.flight.passenger_count,
+        ),
+        payment_method_id=request.payment_method_id,
+        currency_code=request.currency,
+    )
+    if request.hotel is not None:
+        h = request.hotel
+        message.hotel.CopyFrom(
+            trip_pb.TripHotel(
+                hotel_id=h.hotel_id,
+                room_type=h.room_type,  # type: ignore[arg-type]
+                check_in=date_message(h.check_in),
+                check_out=date_message(h.check_out),
+                room_count=h.room_count,
+            )
+        )
+    return message
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
