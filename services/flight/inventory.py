@@ -1,0 +1,196 @@
+"""The seat inventory: flight's ParticipantDomain and catalogue queries; every SQL statement on its tables.
+
+Seats move only by one conditional UPDATE per flight and cabin, so concurrent holds can never oversell
+(P6) on SQLite or PostgreSQL: `held + n` is written only where `capacity - held - confirmed >= n`
+still holds when the row is locked. Segments are updated in flight-id order so that two round trips
+over the same pair of flights lock them in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.flight.domain import (
+    Cabin,
+    CabinOffer,
+    FlightBooking,
+    FlightOffer,
+    FlightQuery,
+    Leg,
+    check_return,
+    price,
+    sold_out_message,
+    unknown_airports,
+    unknown_flight,
+)
+from services.flight.models import airports, flight_cabins, flights
+from services.kit.db import db_retry
+from services.kit.errors import SoldOutError
+from services.kit.money import CATALOGUE_CURRENCY, Money
+from services.participant.states import Record, Status
+
+CABIN_ORDER = {cabin: index for index, cabin in enumerate(Cabin)}
+_OFFER_COLUMNS = (
+    flights.c.flight_id,
+    flights.c.flight_number,
+    flights.c.origin,
+    flights.c.destination,
+    flights.c.departure_date,
+    flights.c.departure_time,
+    flights.c.duration_minutes,
+    flight_cabins.c.cabin,
+    flight_cabins.c.capacity,
+    flight_cabins.c.held,
+    flight_cabins.c.confirmed,
+    flight_cabins.c.fare_minor,
+)
+
+
+class InventoryMismatchError(RuntimeError):
+    """A reservation's seats are not where its status says they are: a bug, never a caller's fault."""
+
+
+class FlightInventory:
+    name = "flight"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def to_json(self, details: FlightBooking) -> dict[str, Any]:
+        return details.to_json()
+
+    async def hold(self, conn: AsyncConnection, details: FlightBooking) -> Money:
+        legs = await self._legs(conn, details.flight_ids)
+        outbound = legs.get(details.outbound_flight_id)
+        if outbound is None:
+            raise unknown_flight("outbound_flight_id", details.outbound_flight_id)
+        if details.return_flight_id is not None:
+            back = legs.get(details.return_flight_id)
+            if back is None:
+                raise unknown_flight("return_flight_id", details.return_flight_id)
+            check_return(outbound, back)
+        fares = [await self._take(conn, flight_id, details) for flight_id in sorted(details.flight_ids)]
+        return price(fares, details.passenger_count)
+
+    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+        booking = FlightBooking.from_json(record.details)
+        n = booking.passenger_count
+        for flight_id in sorted(booking.flight_ids):
+            result = await conn.execute(
+                update(flight_cabins)
+                .where(_cabin_row(flight_id, booking.cabin), flight_cabins.c.held >= n)
+                .values(held=flight_cabins.c.held - n, confirmed=flight_cabins.c.confirmed + n)
+                .returning(flight_cabins.c.flight_id)
+            )
+            if result.first() is None:
+                raise InventoryMismatchError(f"{record.reservation_id}: fewer than {n} seats held on {flight_id}")
+
+    async def release(self, conn: AsyncConnection, record: Record) -> None:
+        booking = FlightBooking.from_json(record.details)
+        n = booking.passenger_count
+        column = flight_cabins.c.confirmed if record.status is Status.CONFIRMED else flight_cabins.c.held
+        for flight_id in sorted(booking.flight_ids):
+            result = await conn.execute(
+                update(flight_cabins)
+                .where(_cabin_row(flight_id, booking.cabin), column >= n)
+                .values({column: column - n})
+                .returning(flight_cabins.c.flight_id)
+            )
+            if result.first() is None:
+                raise InventoryMismatchError(
+                    f"{record.reservation_id}: fewer than {n} seats {column.name} on {flight_id}"
+                )
+
+    async def search(self, query: FlightQuery) -> list[FlightOffer]:
+        async def work() -> list[FlightOffer]:
+            async with self.engine.connect() as conn:
+                known = await conn.execute(
+                    select(airports.c.code).where(airports.c.code.in_([query.origin, query.destination]))
+                )
+                unknown_airports(query, [row.code for row in known])
+                rows = await conn.execute(
+                    select(*_OFFER_COLUMNS)
+                    .select_from(flights)
+                    .join(flight_cabins, flight_cabins.c.flight_id == flights.c.flight_id)
+                    .where(
+                        flights.c.origin == query.origin,
+                        flights.c.destination == query.destination,
+                        flights.c.departure_date == query.departure_date,
+                        flight_cabins.c.capacity - flight_cabins.c.held - flight_cabins.c.confirmed
+                        >= query.passenger_count,
+                    )
+                    .order_by(flights.c.departure_at, flights.c.flight_id)
+                )
+                return _offers(rows.all())
+
+        return await db_retry(work)
+
+    async def _legs(self, conn: AsyncConnection, flight_ids: Sequence[str]) -> dict[str, Leg]:
+        rows = await conn.execute(
+            select(
+                flights.c.flight_id,
+                flights.c.origin,
+                flights.c.destination,
+                flights.c.departure_at,
+                flights.c.arrival_at,
+            ).where(flights.c.flight_id.in_(flight_ids))
+        )
+        return {row.flight_id: Leg(*row) for row in rows}
+
+    async def _take(self, conn: AsyncConnection, flight_id: str, booking: FlightBooking) -> int:
+        """Hold the booking's seats on one flight in one conditional UPDATE; return one seat's fare."""
+        n = booking.passenger_count
+        cabin = flight_cabins.c
+        result = await conn.execute(
+            update(flight_cabins)
+            .where(_cabin_row(flight_id, booking.cabin), cabin.capacity - cabin.held - cabin.confirmed >= n)
+            .values(held=cabin.held + n)
+            .returning(cabin.fare_minor)
+        )
+        fare = result.scalar_one_or_none()
+        if fare is not None:
+            return int(fare)
+        left = await conn.execute(
+            select(cabin.capacity - cabin.held - cabin.confirmed).where(_cabin_row(flight_id, booking.cabin))
+        )
+        available = int(left.scalar_one_or_none() or 0)
+        raise SoldOutError(
+            sold_out_message(flight_id, booking.cabin, n, available),
+            metadata={"flight_id": flight_id, "cabin": booking.cabin.value, "seats_available": str(available)},
+        )
+
+
+def _cabin_row(flight_id: str, cabin: Cabin) -> Any:
+    return and_(flight_cabins.c.flight_id == flight_id, flight_cabins.c.cabin == cabin.value)
+
+
+def _offers(rows: Sequence[Any]) -> list[FlightOffer]:
+    cabins: dict[str, list[CabinOffer]] = {}
+    first: dict[str, Any] = {}
+    for row in rows:
+        first.setdefault(row.flight_id, row)
+        cabins.setdefault(row.flight_id, []).append(
+            CabinOffer(
+                cabin=Cabin(row.cabin),
+                capacity=row.capacity,
+                available=row.capacity - row.held - row.confirmed,
+                fare=Money(int(row.fare_minor), CATALOGUE_CURRENCY),
+            )
+        )
+    return [
+        FlightOffer(
+            flight_id=flight_id,
+            flight_number=row.flight_number,
+            origin=row.origin,
+            destination=row.destination,
+            departure_date=row.departure_date,
+            departure_time=row.departure_time,
+            duration_minutes=row.duration_minutes,
+            cabins=tuple(sorted(cabins[flight_id], key=lambda offer: CABIN_ORDER[offer.cabin])),
+        )
+        for flight_id, row in first.items()
+    ]
