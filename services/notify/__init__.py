@@ -1,0 +1,1 @@
+"""The notification participant: stages messages, sends confirmed ones by SMTP through an outbox."""
