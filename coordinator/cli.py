@@ -1,0 +1,319 @@
+"""The `tripmesh` command: run the whole mesh locally, book a trip, read trips.
+
+    tripmesh up [--json-logs] [--var-dir DIR]    start every process, print where they listen, Ctrl-C stops
+    tripmesh book --customer cust-ada ...        BookTrip, then the outcome and its step table
+    tripmesh trip TRIP_ID                        GetTrip: state, reservations, step timeline
+    tripmesh trips [--state confirmed]           ListTrips
+
+Process management lives in coordinator/launcher.py and all text in coordinator/cli_format.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from coordinator import cli_format
+from coordinator.launcher import Launcher, LaunchError, MeshPlan, mesh_plan, port_in_use
+from services.kit.healthcheck import connect_address
+from tripmesh.v1 import common_pb2 as common_pb
+from tripmesh.v1 import flight_service_pb2 as flight_pb
+from tripmesh.v1 import hotel_service_pb2 as hotel_pb
+from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
+from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
+
+DEFAULT_ADDRESS = connect_address(
+    f"{os.environ.get('TRIPMESH_COORDINATOR_HOST', 'localhost')}:{os.environ.get('TRIPMESH_COORDINATOR_PORT', '50050')}"
+)
+STARTUP_TIMEOUT = 30.0
+STOP_GRACE = 10.0
+
+
+class CliError(Exception):
+    """A problem to report in one message, exit code 1."""
+
+
+# --- tripmesh up ------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    plan = mesh_plan(os.environ, var_dir=args.var_dir, json_logs=args.json_logs)
+    busy = [p for p in plan.processes if port_in_use(p.listen)]
+    if busy:
+        for p in busy:
+            print(
+                f"tripmesh: {p.listen} ({p.component.name}) is already in use: is a mesh already running? "
+                f"Stop it, or set TRIPMESH_{p.component.prefix}_PORT.",
+                file=sys.stderr,
+            )
+        return 1
+    os.makedirs(os.path.join(args.var_dir, "mail"), exist_ok=True)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    launcher = Launcher()
+    try:
+        _start_mesh(launcher, plan, stop, timeout=args.startup_timeout)
+        print(_up_banner(launcher, plan), flush=True)
+        while not stop.wait(0.5):
+            dead = launcher.exited()
+            if dead:
+                for child in dead:
+                    print(f"tripmesh: {child.describe_exit()} unexpectedly; stopping the rest", file=sys.stderr)
+                return 1
+        print(f"tripmesh: {signal.Signals(received[0]).name} received; stopping the mesh", file=sys.stderr)
+        return 0
+    except LaunchError as error:
+        print(f"tripmesh: {error}; stopping the rest", file=sys.stderr)
+        return 1
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        codes = launcher.stop_all(grace=STOP_GRACE)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"tripmesh: stopped ({_exit_summary(codes)})", file=sys.stderr)
+
+
+def _start_mesh(launcher: Launcher, plan: MeshPlan, stop: threading.Event, *, timeout: float) -> None:
+    for tier in plan.tiers():
+        for process in tier:
+            child = launcher.start(process.component.name, process.component.module, plan.env, probe=process.probe)
+            print(f"tripmesh: started {process.component.name} (pid {child.pid}) on {process.listen}", file=sys.stderr)
+        launcher.wait_healthy(*(p.component.name for p in tier), timeout=timeout, cancel=stop)
+
+
+def _up_banner(launcher: Launcher, plan: MeshPlan) -> str:
+    pids = {c.name: c.pid for c in launcher.children}
+    endpoints = [
+        cli_format.Endpoint(p.component.name, p.address, p.data, pids[p.component.name])
+        for p in sorted(plan.processes, key=lambda p: p.component.name != "coordinator")
+    ]
+    coordinator = next(p.address for p in plan.processes if p.component.name == "coordinator")
+    return "\n".join(
+        [
+            "",
+            "tripmesh is up:",
+            cli_format.format_endpoints(endpoints),
+            "",
+            f"try: grpcurl -plaintext {coordinator} describe tripmesh.v1.TripCoordinator"
+            f"   or: tripmesh book --help   (Ctrl-C stops everything)",
+            "",
+        ]
+    )
+
+
+def _exit_summary(codes: dict[str, int]) -> str:
+    return ", ".join(f"{name} {code}" for name, code in codes.items()) or "nothing was running"
+
+
+# --- client commands ----------------------------------------------------------------------------------
+
+
+def _call(address: str, rpc: Callable[[trip_grpc.TripCoordinatorStub], Any]) -> Any:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return rpc(trip_grpc.TripCoordinatorStub(channel))
+        except grpc.RpcError as error:
+            raise CliError(_describe_rpc_error(error, address)) from error
+
+
+def _describe_rpc_error(error: Any, address: str) -> str:
+    reason = ""
+    violations: list[tuple[str, str]] = []
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+    text = cli_format.format_rpc_error(error.code().name, error.details() or "", reason=reason, violations=violations)
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        text += f"\n  is the mesh running at {address}? (make run)"
+    return text
+
+
+def _date(text: str) -> common_pb.Date:
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from error
+    return common_pb.Date(year=day.year, month=day.month, day=day.day)
+
+
+def _enum_name(names: Sequence[str], prefix: str, text: str) -> str:
+    """'premium-economy' -> 'CABIN_PREMIUM_ECONOMY' if that is one of the enum's names."""
+    name = prefix + text.upper().replace("-", "_")
+    if name not in names or name.endswith("_UNSPECIFIED"):
+        choices = ", ".join(n.removeprefix(prefix).lower() for n in names if not n.endswith("_UNSPECIFIED"))
+        raise CliError(f"unknown {prefix.lower().rstrip('_').replace('_', ' ')} {text!r}; choose one of {choices}")
+    return name
+
+
+def build_book_request(args: argparse.Namespace) -> trip_pb.BookTripRequest:
+    request = trip_pb.BookTripRequest(
+        trip_id=args.trip_id or f"trip-{uuid.uuid4().hex[:16]}",
+        customer=trip_pb.Customer(customer_id=args.customer, email=args.email, name=args.name),
+        flight=trip_pb.TripFlight(
+            outbound_flight_id=args.flight,
+            return_flight_id=args.return_flight,
+            cabin=flight_pb.Cabin.Value(_enum_name(flight_pb.Cabin.keys(), "CABIN_", args.cabin)),
+            passenger_count=args.passengers,
+        ),
+        payment_method_id=args.payment_method,
+        currency_code=args.currency,
+    )
+    if args.hotel:
+        missing = [
+            flag for flag, value in (("--check-in", args.check_in), ("--check-out", args.check_out)) if not value
+        ]
+        if missing:
+            raise CliError(f"--hotel needs {' and '.join(missing)}")
+        request.hotel.CopyFrom(
+            trip_pb.TripHotel(
+                hotel_id=args.hotel,
+                room_type=hotel_pb.RoomType.Value(_enum_name(hotel_pb.RoomType.keys(), "ROOM_TYPE_", args.room)),
+                check_in=args.check_in,
+                check_out=args.check_out,
+                room_count=args.rooms,
+            )
+        )
+    return request
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    request = build_book_request(args)
+    print(f"booking trip {request.trip_id} ...", file=sys.stderr)
+    response = _call(args.address, lambda stub: stub.BookTrip(request, timeout=args.timeout))
+    trip = response.trip
+    print(cli_format.format_trip(trip))
+    return 0
+
+
+def cmd_trip(args: argparse.Namespace) -> int:
+    request = trip_pb.GetTripRequest(trip_id=args.trip_id)
+    response = _call(args.address, lambda stub: stub.GetTrip(request, timeout=args.timeout))
+    print(cli_format.format_trip(response.trip))
+    return 0
+
+
+def _list_trips(
+    request: trip_pb.ListTripsRequest, timeout: float
+) -> Callable[[trip_grpc.TripCoordinatorStub], trip_pb.ListTripsResponse]:
+    return lambda stub: stub.ListTrips(request, timeout=timeout)
+
+
+def cmd_trips(args: argparse.Namespace) -> int:
+    state = common_pb.TripState.Value(
+        _enum_name(common_pb.TripState.keys(), "TRIP_STATE_", args.state) if args.state else "TRIP_STATE_UNSPECIFIED"
+    )
+    trips: list[trip_pb.Trip] = []
+    token = ""
+    while len(trips) < args.limit:
+        request = trip_pb.ListTripsRequest(
+            state=state, customer_id=args.customer, page_size=min(500, args.limit - len(trips)), page_token=token
+        )
+        response: trip_pb.ListTripsResponse = _call(args.address, _list_trips(request, args.timeout))
+        trips.extend(response.trips)
+        token = response.next_page_token
+        if not token:
+            break
+    print(cli_format.format_trips(trips[: args.limit]))
+    return 0
+
+
+# --- argument parsing -----------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"coordinator address (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tripmesh", description="Run the tripmesh mesh and book trips through it.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the SMTP sink, every service and the coordinator; Ctrl-C stops them")
+    up.add_argument("--json-logs", action="store_true", help="children log JSON lines instead of console text")
+    up.add_argument(
+        "--var-dir",
+        default=os.environ.get("TRIPMESH_VAR_DIR", "var"),
+        help="databases and mail go here (default $TRIPMESH_VAR_DIR or var)",
+    )
+    up.add_argument("--startup-timeout", type=float, default=STARTUP_TIMEOUT, help="seconds per tier (default 30)")
+    up.set_defaults(handler=cmd_up)
+
+    book = commands.add_parser("book", help="book a trip (BookTrip) and print its outcome and steps")
+    book.add_argument("--trip-id", default="", help="the idempotency key (default: a new trip-<uuid>)")
+    book.add_argument("--customer", required=True, help="customer id, e.g. cust-ada")
+    book.add_argument("--email", required=True, help="where the confirmation goes")
+    book.add_argument("--name", default="", help="the customer's name")
+    book.add_argument("--flight", required=True, help="outbound flight id, e.g. TM101-20270315")
+    book.add_argument("--return", dest="return_flight", default="", help="return flight id, e.g. TM102-20270322")
+    book.add_argument("--cabin", default="economy", help="economy, premium-economy or business (default economy)")
+    book.add_argument("--passengers", type=_positive, default=1, help="passenger count (default 1)")
+    book.add_argument("--hotel", default="", help="hotel id, e.g. lis-alfama (optional)")
+    book.add_argument("--room", default="standard", help="standard, deluxe or suite (default standard)")
+    book.add_argument("--rooms", type=_positive, default=1, help="room count (default 1)")
+    book.add_argument("--check-in", type=_date, help="YYYY-MM-DD")
+    book.add_argument("--check-out", type=_date, help="YYYY-MM-DD")
+    book.add_argument("--payment-method", required=True, help="payment method id, e.g. pm_ada_visa")
+    book.add_argument("--currency", default="EUR", help="currency code (default EUR)")
+    _client_options(book)
+    book.set_defaults(handler=cmd_book)
+
+    trip = commands.add_parser("trip", help="show one trip (GetTrip) with its step timeline")
+    trip.add_argument("trip_id")
+    _client_options(trip)
+    trip.set_defaults(handler=cmd_trip)
+
+    trips = commands.add_parser("trips", help="list trips (ListTrips), newest first")
+    trips.add_argument("--state", default="", help="only trips in this state, e.g. confirmed, cancelled")
+    trips.add_argument("--customer", default="", help="only this customer's trips")
+    trips.add_argument("--limit", type=_positive, default=20, help="at most this many (default 20)")
+    _client_options(trips)
+    trips.set_defaults(handler=cmd_trips)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CliError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
