@@ -1,0 +1,69 @@
+# tripmesh: `make run` starts the whole mesh from a fresh clone; `make test` is what CI runs (.ci/run).
+#
+#   make venv      .venv with the package (editable) and the dev tools; redone only when pyproject.toml
+#                  or setup.py change
+#   make protos    the tripmesh.v1 stubs (git-ignored), regenerated when a .proto changes
+#   make run       venv + protos, then `tripmesh up` (ARGS="--json-logs" to pass options)
+#   make test      lint, typecheck, buf-lint, then pytest
+#   make fmt       ruff format + ruff's safe fixes
+#   make clean     removes var/ and the generated stubs (not .venv)
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VENV_STAMP := $(VENV)/.tripmesh-installed
+PYTEST_ARGS ?=
+ARGS ?=
+
+PROTO_DIR := protos/tripmesh/v1
+PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
+STUBS := $(foreach p,$(PROTOS:.proto=),$(p)_pb2.py $(p)_pb2.pyi $(p)_pb2_grpc.py $(p)_pb2_grpc.pyi)
+
+.PHONY: help venv protos run test lint fmt typecheck buf-lint clean
+
+help:
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+protos: $(STUBS)
+
+# One protoc run writes every stub (a grouped target), so they are never out of step with each other.
+$(STUBS) &: $(PROTOS) protos/generate.py $(VENV_STAMP)
+	$(BIN)/python protos/generate.py
+	@touch $(STUBS)
+
+run: venv protos
+	$(BIN)/tripmesh up $(ARGS)
+
+test: venv protos
+	$(MAKE) --no-print-directory lint typecheck buf-lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: venv protos
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: venv protos
+	$(BIN)/mypy
+
+buf-lint: venv
+	$(BIN)/buf lint
+
+clean:
+	rm -rf var build dist
+	rm -f $(PROTO_DIR)/*_pb2.py $(PROTO_DIR)/*_pb2.pyi $(PROTO_DIR)/*_pb2_grpc.py $(PROTO_DIR)/*_pb2_grpc.pyi
