@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -124,7 +125,7 @@ def _ledger_problems(row: Any, booked: dict[str, int]) -> list[str]:
     return problems
 
 
-def _ledger_balances(entries: list[Any]) -> tuple[dict[str, int], dict[str, int]]:
+def _ledger_balances(entries: Sequence[Any]) -> tuple[dict[str, int], dict[str, int]]:
     held: dict[str, int] = defaultdict(int)
     captured: dict[str, int] = defaultdict(int)
     for entry in entries:
