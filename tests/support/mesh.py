@@ -1,0 +1,90 @@
+"""The whole mesh in one test process: four participants, an SMTP sink and the coordinator.
+
+Each piece is the real server on port 0 with its own SQLite file under the test's tmp dir; the
+coordinator reaches the participants over real gRPC on loopback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.app import RunningCoordinator, start_coordinator
+from coordinator.engine import RetryPolicy
+from coordinator.participants import Addresses
+from coordinator.settings import CoordinatorSettings
+from services.flight.app import SPEC as FLIGHT
+from services.hotel.app import SPEC as HOTEL
+from services.kit.settings import ServiceSettings
+from services.notify.servicer import SPEC as NOTIFY
+from services.notify.smtp_sink import RunningSink, start_sink
+from services.participant.runner import RunningParticipant, start_participant
+from services.payment.servicer import SPEC as PAYMENT
+from tests.support.invariants import check_invariants
+from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
+
+SPECS = {"flight": FLIGHT, "hotel": HOTEL, "payment": PAYMENT, "notify": NOTIFY}
+
+FAST_POLICY = RetryPolicy(reserve_attempts=3, confirm_attempts=5, cancel_attempts=5, initial_backoff=0.01,
+                          max_backoff=0.05)
+
+
+@dataclass
+class Mesh:
+    participants: dict[str, RunningParticipant]
+    coordinator: RunningCoordinator
+    sink: RunningSink
+    mail_dir: Path
+    channel: grpc.aio.Channel
+
+    @property
+    def stub(self) -> trip_grpc.TripCoordinatorStub:
+        return trip_grpc.TripCoordinatorStub(self.channel)
+
+    @property
+    def engines(self) -> Mapping[str, AsyncEngine]:
+        return {name: p.engine for name, p in self.participants.items()}
+
+    async def invariants(self) -> list[str]:
+        return await check_invariants(self.coordinator.db, self.engines)
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.coordinator.stop(0)
+        for participant in self.participants.values():
+            await participant.stop(0)
+        await self.sink.stop()
+
+
+async def start_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, policy: RetryPolicy = FAST_POLICY,
+                     hold_seconds: float = 900.0) -> Mesh:
+    mail_dir = tmp_path / "mail"
+    sink = await start_sink(port=0, directory=mail_dir)
+    monkeypatch.setenv("TRIPMESH_NOTIFY_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("TRIPMESH_NOTIFY_SMTP_PORT", str(sink.port))
+    monkeypatch.setenv("TRIPMESH_NOTIFY_OUTBOX_INTERVAL_SECONDS", "0.05")
+    participants = {
+        name: await start_participant(spec, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
+                                      hold_seconds=hold_seconds)
+        for name, spec in SPECS.items()
+    }
+    settings = CoordinatorSettings(
+        service=dataclasses.replace(
+            ServiceSettings.from_env("coordinator"),
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/coordinator.db",
+        ),
+        addresses=Addresses(**{name: f"127.0.0.1:{p.port}" for name, p in participants.items()}),
+        call_timeout=5.0,
+        trip_timeout=60.0,
+        book_wait=30.0,
+        policy=policy,
+    )
+    coordinator = await start_coordinator(settings, address="127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.port}")
+    return Mesh(participants, coordinator, sink, mail_dir, channel)
