@@ -1,0 +1,277 @@
+"""The tripmesh CLI's text: aligned tables built from tripmesh.v1 messages (coordinator/cli_format.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coordinator import cli, cli_format
+from tripmesh.v1 import common_pb2 as common_pb
+from tripmesh.v1 import flight_service_pb2 as flight_pb
+from tripmesh.v1 import hotel_service_pb2 as hotel_pb
+from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_900_000_000  # seconds since the epoch: 2030-03-17T17:46:40Z
+
+
+def ts(seconds: int, millis: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=millis * 1_000_000)
+
+
+def eur(minor_units: int) -> common_pb.Money:
+    return common_pb.Money(currency_code="EUR", minor_units=minor_units)
+
+
+def step(
+    name: str, status: trip_pb.StepStatus.ValueType, start_ms: int, end_ms: int | None, **extra: object
+) -> trip_pb.TripStep:
+    message = trip_pb.TripStep(
+        name=name, participant=name.split(".")[0], status=status, attempts=1, start_time=ts(T0, start_ms)
+    )
+    if end_ms is not None:
+        message.end_time.CopyFrom(ts(T0, end_ms))
+    for key, value in extra.items():
+        setattr(message, key, value)
+    return message
+
+
+def cancelled_trip() -> trip_pb.Trip:
+    return trip_pb.Trip(
+        trip_id="trip-1",
+        state=common_pb.TRIP_STATE_CANCELLED,
+        customer_id="cust-ada",
+        total=eur(61240),
+        failure_reason="hotel: sold out",
+        create_time=ts(T0),
+        update_time=ts(T0 + 1),
+        reservations=[
+            trip_pb.TripReservation(
+                participant="flight",
+                reservation_id="trip-1/flight",
+                status=common_pb.RESERVATION_STATUS_CANCELLED,
+                price=eur(25900),
+            ),
+            trip_pb.TripReservation(
+                participant="hotel", reservation_id="trip-1/hotel", status=common_pb.RESERVATION_STATUS_CANCELLED
+            ),
+        ],
+        steps=[
+            step("flight.reserve", trip_pb.STEP_STATUS_SUCCEEDED, 3, 15),
+            step(
+                "hotel.reserve",
+                trip_pb.STEP_STATUS_REFUSED,
+                4,
+                9,
+                attempts=1,
+                error_code="RESOURCE_EXHAUSTED",
+                error_reason="SOLD_OUT",
+                error_message="no standard room left on 2027-03-16",
+            ),
+            step("flight.cancel", trip_pb.STEP_STATUS_SUCCEEDED, 20, 1260, attempts=3),
+            step("hotel.cancel", trip_pb.STEP_STATUS_STARTED, 21, None),
+        ],
+    )
+
+
+def test_table_pads_columns_right_aligns_numbers_and_leaves_no_trailing_spaces() -> None:
+    text = cli_format.format_table(("#", "name", "note"), [["1", "a", ""], ["10", "long name", "x"]], right=(0,))
+    assert text.splitlines() == [
+        " #  name       note",
+        " 1  a",
+        "10  long name  x",
+    ]
+
+
+def test_table_refuses_ragged_rows() -> None:
+    with pytest.raises(ValueError, match="one cell per header"):
+        cli_format.format_table(("a", "b"), [["1"]])
+
+
+@pytest.mark.parametrize(
+    ("money", "text"),
+    [
+        (eur(12950), "129.50 EUR"),
+        (eur(5), "0.05 EUR"),
+        (eur(-250), "-2.50 EUR"),
+        (eur(0), "0.00 EUR"),
+        (common_pb.Money(), "-"),
+    ],
+)
+def test_money_is_minor_units_never_a_float(money: common_pb.Money, text: str) -> None:
+    assert cli_format.format_money(money) == text
+
+
+def test_enum_labels_drop_the_prefix() -> None:
+    assert cli_format.trip_state(common_pb.TRIP_STATE_NEEDS_ATTENTION) == "NEEDS_ATTENTION"
+    assert cli_format.step_status(trip_pb.STEP_STATUS_REFUSED) == "REFUSED"
+    assert cli_format.reservation_status(common_pb.RESERVATION_STATUS_HELD) == "HELD"
+    assert cli_format.trip_state(common_pb.TRIP_STATE_UNSPECIFIED) == "UNSPECIFIED"
+
+
+def test_time_is_utc_to_the_second_and_unset_is_a_dash() -> None:
+    assert cli_format.format_time(ts(T0, 999)) == "2030-03-17T17:46:40Z"
+    assert cli_format.format_time(Timestamp()) == "-"
+
+
+def test_step_table_times_are_relative_to_the_trip_and_errors_read_code_reason_message() -> None:
+    assert cli_format.format_steps(cancelled_trip()).splitlines() == [
+        "#  step            status     attempts  started ms  duration ms  error",
+        "1  flight.reserve  SUCCEEDED         1          +3           12",
+        "2  hotel.reserve   REFUSED           1          +4            5  "
+        "RESOURCE_EXHAUSTED/SOLD_OUT: no standard room left on 2027-03-16",
+        "3  flight.cancel   SUCCEEDED         3         +20         1240",
+        "4  hotel.cancel    STARTED           1         +21            -",
+    ]
+
+
+def test_step_duration_prefers_the_recorded_duration() -> None:
+    trip = trip_pb.Trip(create_time=ts(T0), steps=[step("notify.reserve", trip_pb.STEP_STATUS_SUCCEEDED, 0, 50)])
+    trip.steps[0].duration.CopyFrom(Duration(nanos=42_000_000))
+    trip.steps[0].auxiliary = True
+    assert cli_format.step_rows(trip) == [["1", "notify.reserve (aux)", "SUCCEEDED", "1", "+0", "42", ""]]
+
+
+def test_steps_without_a_trip_creation_time_count_from_the_first_step() -> None:
+    trip = trip_pb.Trip(
+        steps=[
+            step("a.reserve", trip_pb.STEP_STATUS_SUCCEEDED, 100, 110),
+            step("b.reserve", trip_pb.STEP_STATUS_SUCCEEDED, 40, 90),
+        ]
+    )
+    assert [row[4] for row in cli_format.step_rows(trip)] == ["+60", "+0"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"error_code": "UNAVAILABLE"}, "UNAVAILABLE"),
+        ({"error_code": "UNAVAILABLE", "error_message": "db down"}, "UNAVAILABLE: db down"),
+        ({"error_message": "outcome unknown"}, "outcome unknown"),
+        ({}, ""),
+    ],
+)
+def test_step_error_uses_whatever_is_set(fields: dict[str, str], text: str) -> None:
+    message = trip_pb.TripStep()
+    for key, value in fields.items():
+        setattr(message, key, value)
+    assert cli_format.step_error(message) == text
+
+
+def test_trip_shows_summary_reservations_and_steps() -> None:
+    text = cli_format.format_trip(cancelled_trip())
+    summary, reservations, steps = text.split("\n\n")
+    assert summary.splitlines() == [
+        "trip      trip-1",
+        "state     CANCELLED",
+        "customer  cust-ada",
+        "total     612.40 EUR",
+        "created   2030-03-17T17:46:40Z",
+        "updated   2030-03-17T17:46:41Z",
+        "reason    hotel: sold out",
+    ]
+    assert reservations.splitlines() == [
+        "participant  reservation    status          price",
+        "flight       trip-1/flight  CANCELLED  259.00 EUR",
+        "hotel        trip-1/hotel   CANCELLED           -",
+    ]
+    assert steps == cli_format.format_steps(cancelled_trip())
+
+
+def test_a_new_trip_says_it_has_nothing_yet() -> None:
+    text = cli_format.format_trip(trip_pb.Trip(trip_id="t", state=common_pb.TRIP_STATE_PENDING))
+    assert "state     PENDING" in text
+    assert "reason" not in text
+    assert text.endswith("(no reservations)\n\n(no steps yet)")
+
+
+def test_trip_list() -> None:
+    confirmed = trip_pb.Trip(
+        trip_id="trip-2",
+        state=common_pb.TRIP_STATE_CONFIRMED,
+        customer_id="cust-bo",
+        total=eur(100),
+        create_time=ts(T0),
+    )
+    assert cli_format.format_trips([confirmed, cancelled_trip()]).splitlines() == [
+        "trip    state      customer       total  steps  created               reason",
+        "trip-2  CONFIRMED  cust-bo     1.00 EUR      0  2030-03-17T17:46:40Z",
+        "trip-1  CANCELLED  cust-ada  612.40 EUR      4  2030-03-17T17:46:40Z  hotel: sold out",
+    ]
+    assert cli_format.format_trips([]) == "(no trips)"
+
+
+def test_endpoint_table() -> None:
+    text = cli_format.format_endpoints(
+        [
+            cli_format.Endpoint("coordinator", "127.0.0.1:50050", "var/coordinator.db", 4242),
+            cli_format.Endpoint("smtp-sink", "127.0.0.1:2525", "var/mail/", 77),
+        ]
+    )
+    assert text.splitlines() == [
+        "service      address          data                 pid",
+        "coordinator  127.0.0.1:50050  var/coordinator.db  4242",
+        "smtp-sink    127.0.0.1:2525   var/mail/             77",
+    ]
+
+
+def test_rpc_error_is_code_colon_message_then_details() -> None:
+    assert cli_format.format_rpc_error("NOT_FOUND", "no trip t") == "NOT_FOUND: no trip t"
+    assert cli_format.format_rpc_error(
+        "INVALID_ARGUMENT", "bad request", reason="INVALID_REQUEST", violations=[("flight.passenger_count", "1..9")]
+    ).splitlines() == ["INVALID_ARGUMENT: bad request", "  reason: INVALID_REQUEST", "  flight.passenger_count: 1..9"]
+
+
+# --- the request `tripmesh book` builds from its flags ---------------------------------------------------
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(argv)
+
+
+BOOK = ("book", "--customer", "cust-ada", "--email", "ada@example.com", "--flight", "TM101-20270315",
+        "--payment-method", "pm_ada_visa")  # fmt: skip
+
+
+def test_book_builds_a_flight_and_hotel_request() -> None:
+    args = parse(
+        *BOOK,
+        "--trip-id", "trip-9", "--return", "TM102-20270322", "--cabin", "premium-economy", "--passengers", "2",
+        "--hotel", "lis-alfama", "--room", "deluxe", "--check-in", "2027-03-15", "--check-out", "2027-03-22",
+    )  # fmt: skip
+    request = cli.build_book_request(args)
+    assert request.trip_id == "trip-9"
+    assert request.customer.customer_id == "cust-ada"
+    assert request.customer.email == "ada@example.com"
+    assert request.flight.outbound_flight_id == "TM101-20270315"
+    assert request.flight.return_flight_id == "TM102-20270322"
+    assert request.flight.cabin == flight_pb.CABIN_PREMIUM_ECONOMY
+    assert request.flight.passenger_count == 2
+    assert request.hotel.hotel_id == "lis-alfama"
+    assert request.hotel.room_type == hotel_pb.ROOM_TYPE_DELUXE
+    assert request.hotel.check_in == common_pb.Date(year=2027, month=3, day=15)
+    assert request.hotel.check_out == common_pb.Date(year=2027, month=3, day=22)
+    assert request.hotel.room_count == 1
+    assert request.payment_method_id == "pm_ada_visa"
+    assert request.currency_code == "EUR"
+
+
+def test_book_without_hotel_is_a_flight_only_trip_with_a_generated_id() -> None:
+    first, second = cli.build_book_request(parse(*BOOK)), cli.build_book_request(parse(*BOOK))
+    assert not first.HasField("hotel")
+    assert first.flight.cabin == flight_pb.CABIN_ECONOMY
+    assert first.trip_id.startswith("trip-")
+    assert first.trip_id != second.trip_id
+
+
+def test_book_refuses_unknown_names_and_a_hotel_without_dates() -> None:
+    with pytest.raises(cli.CliError, match="unknown cabin 'first'; choose one of economy, premium_economy, business"):
+        cli.build_book_request(parse(*BOOK, "--cabin", "first"))
+    with pytest.raises(cli.CliError, match="unknown cabin 'unspecified'"):
+        cli.build_book_request(parse(*BOOK, "--cabin", "unspecified"))
+    with pytest.raises(cli.CliError, match="--hotel needs --check-in and --check-out"):
+        cli.build_book_request(parse(*BOOK, "--hotel", "lis-alfama"))
