@@ -1,0 +1,116 @@
+"""The flight service as the participant contract tests see it (tests/support/participant_case.py).
+
+Requests use the catalogue of services/flight/catalogue.py: TM101 (LHR->LIS) out and TM102 back for the
+valid bookings, and the regional TM401 (ZRH->VIE, 8 business seats) for scarcity and SOLD_OUT.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.flight.app import SPEC
+from services.flight.models import flight_cabins, reservations
+from tests.support.participant_case import BadInput, ParticipantCase, Refusal
+from tripmesh.v1 import flight_service_pb2 as flight_pb
+from tripmesh.v1 import flight_service_pb2_grpc as flight_grpc
+
+OUTBOUND = "TM101-20270315"
+RETURN = "TM102-20270322"
+REGIONAL = "TM401-20270315"  # ZRH->VIE, 8 business seats
+REGIONAL_BUSINESS_SEATS = 8
+
+
+def reserve(
+    reservation_id: str,
+    outbound: str = OUTBOUND,
+    back: str = RETURN,
+    cabin: int = flight_pb.CABIN_ECONOMY,
+    passengers: int = 1,
+) -> flight_pb.FlightServiceReserveRequest:
+    return flight_pb.FlightServiceReserveRequest(
+        reservation_id=reservation_id,
+        outbound_flight_id=outbound,
+        return_flight_id=back,
+        cabin=cabin,  # type: ignore[arg-type]
+        passenger_count=passengers,
+    )
+
+
+BAD_INPUTS = [
+    BadInput("unknown outbound flight", lambda rid: reserve(rid, outbound="TM999-20270315"), "outbound_flight_id"),
+    BadInput("unknown return flight", lambda rid: reserve(rid, back="TM102-20300101"), "return_flight_id"),
+    BadInput("return before outbound", lambda rid: reserve(rid, back="TM102-20270314"), "return_flight_id"),
+    BadInput("return on another route", lambda rid: reserve(rid, back="TM112-20270322"), "return_flight_id"),
+    BadInput("zero passengers", lambda rid: reserve(rid, passengers=0), "passenger_count"),
+    BadInput("a thousand passengers", lambda rid: reserve(rid, passengers=1000), "passenger_count"),
+    BadInput("no cabin", lambda rid: reserve(rid, cabin=flight_pb.CABIN_UNSPECIFIED), "cabin"),
+    BadInput("no outbound flight", lambda rid: reserve(rid, outbound=""), "outbound_flight_id"),
+    BadInput("empty id", lambda _rid: reserve(""), "reservation_id"),
+]
+
+REFUSALS = [
+    Refusal(
+        "9 passengers in business on an 8-seat cabin",
+        lambda rid: reserve(rid, outbound="TM401-20270316", back="", cabin=flight_pb.CABIN_BUSINESS, passengers=9),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SOLD_OUT",
+    ),
+]
+
+
+async def check_conservation(engine: AsyncEngine) -> list[str]:
+    """Every cabin: 0 <= held, 0 <= confirmed, held + confirmed <= capacity, and both equal to the seats of
+    the HELD / CONFIRMED reservations recomputed from the reservations table."""
+    async with engine.connect() as conn:
+        cabins = (await conn.execute(select(flight_cabins))).all()
+        rows = await conn.execute(
+            select(reservations.c.reservation_id, reservations.c.status, reservations.c.details).where(
+                reservations.c.status.in_(["HELD", "CONFIRMED"])
+            )
+        )
+        booked = rows.all()
+    expected: dict[str, Counter[tuple[str, str]]] = {"HELD": Counter(), "CONFIRMED": Counter()}
+    problems: list[str] = []
+    known = {(c.flight_id, c.cabin) for c in cabins}
+    for reservation in booked:
+        details: dict[str, Any] = reservation.details
+        for flight_id in (details["outbound_flight_id"], details["return_flight_id"]):
+            if flight_id is None:
+                continue
+            key = (flight_id, details["cabin"])
+            if key not in known:
+                problems.append(f"{reservation.reservation_id} holds seats on unknown cabin {key}")
+            expected[reservation.status][key] += int(details["passenger_count"])
+    for c in cabins:
+        key = (c.flight_id, c.cabin)
+        if c.held < 0 or c.confirmed < 0 or c.held + c.confirmed > c.capacity:
+            problems.append(f"{key}: held {c.held} + confirmed {c.confirmed} outside 0..{c.capacity}")
+        held, confirmed = expected["HELD"][key], expected["CONFIRMED"][key]
+        if c.held != held:
+            problems.append(f"{key}: held {c.held} but HELD reservations hold {held}")
+        if c.confirmed != confirmed:
+            problems.append(f"{key}: confirmed {c.confirmed} but CONFIRMED reservations hold {confirmed}")
+    return problems
+
+
+CASE = ParticipantCase(
+    name="flight",
+    spec=SPEC,
+    stub=flight_grpc.FlightServiceStub,
+    reserve_request=lambda rid: reserve(rid),
+    other_request=lambda rid: reserve(rid, passengers=2),
+    confirm_request=lambda rid: flight_pb.FlightServiceConfirmRequest(reservation_id=rid),
+    cancel_request=lambda rid: flight_pb.FlightServiceCancelRequest(reservation_id=rid),
+    get_request=lambda rid: flight_pb.FlightServiceGetReservationRequest(reservation_id=rid),
+    bad_inputs=BAD_INPUTS,
+    refusals=REFUSALS,
+    scarce_request=lambda rid: reserve(rid, outbound=REGIONAL, back="", cabin=flight_pb.CABIN_BUSINESS),
+    scarce_capacity=REGIONAL_BUSINESS_SEATS,
+    check_conservation=check_conservation,
+    extra={"outbound_flight_id": OUTBOUND, "return_flight_id": RETURN, "sold_out_flight_id": "TM401-20270316"},
+)
