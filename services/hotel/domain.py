@@ -8,7 +8,7 @@ the hotel exist?) run in the inventory, inside the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
@@ -34,11 +34,6 @@ class RoomType(StrEnum):
 
 
 ROOM_TYPE_CHOICES = ", ".join(r.value for r in RoomType)
-
-
-def nights_between(check_in: date, check_out: date) -> Iterator[date]:
-    for offset in range((check_out - check_in).days):
-        yield check_in + timedelta(days=offset)
 
 
 @dataclass(frozen=True, slots=True)
