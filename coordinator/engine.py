@@ -96,6 +96,10 @@ class Engine:
         with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id):
             try:
                 await self._run(trip)
+            except Exception:
+                # A bug, not an outcome: leave the trip to recovery at the next start, and say so loudly.
+                log.exception("trip_driver_crashed", state=trip.state.value)
+                raise
             finally:
                 self._tasks.pop(trip.trip_id, None)
                 self._live.pop(trip.trip_id, None)
