@@ -38,7 +38,7 @@ RESERVATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 def check_reservation_id(reservation_id: str) -> None:
     if not reservation_id:
         raise InvalidRequestError.of("reservation_id", "must not be empty")
-    if not RESERVATION_ID.match(reservation_id):
+    if not RESERVATION_ID.fullmatch(reservation_id):
         raise InvalidRequestError.of(
             "reservation_id", "must be 1-128 characters of letters, digits and . _ : / - (starting alphanumeric)"
         )
@@ -63,7 +63,7 @@ class ReservationStore(Generic[DetailsT]):
         self.clock = clock
         self.hold = timedelta(seconds=hold_seconds)
 
-    async def reserve(self, reservation_id: str, details: DetailsT) -> Record:
+    async def reserve(self, reservation_id: str, details: DetailsT, *, raced: bool = False) -> Record:
         check_reservation_id(reservation_id)
         stored = self.domain.to_json(details)
         fp = fingerprint(stored)
@@ -96,8 +96,11 @@ class ReservationStore(Generic[DetailsT]):
         try:
             outcome = await db_retry(work)
         except IntegrityError:
-            # Lost the race for a new id to a concurrent Reserve: answer as the repeat it is.
-            return await self.reserve(reservation_id, details)
+            # Lost the race for a new id to a concurrent Reserve: answer as the repeat it is. Once only:
+            # a second IntegrityError is a broken constraint, not a race.
+            if raced:
+                raise
+            return await self.reserve(reservation_id, details, raced=True)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -126,7 +129,7 @@ class ReservationStore(Generic[DetailsT]):
             raise outcome
         return outcome
 
-    async def cancel(self, reservation_id: str) -> Record:
+    async def cancel(self, reservation_id: str, *, raced: bool = False) -> Record:
         check_reservation_id(reservation_id)
 
         async def work() -> Record:
@@ -151,7 +154,9 @@ class ReservationStore(Generic[DetailsT]):
         try:
             return await db_retry(work)
         except IntegrityError:
-            return await self.cancel(reservation_id)
+            if raced:
+                raise
+            return await self.cancel(reservation_id, raced=True)
 
     async def get(self, reservation_id: str) -> Record:
         check_reservation_id(reservation_id)
