@@ -24,6 +24,14 @@ class ParticipantServicer(Generic[DetailsT]):
     def __init__(self, store: ReservationStore[DetailsT]) -> None:
         self.store = store
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a class whose bases put the generated servicer (whose methods answer UNIMPLEMENTED) first."""
+        super().__init_subclass__(**kwargs)
+        for name in ("Confirm", "Cancel", "GetReservation"):
+            owner = next(k for k in cls.__mro__ if name in vars(k))
+            if owner.__module__.endswith("_pb2_grpc"):
+                raise TypeError(f"{cls.__name__}: list ParticipantServicer before {owner.__name__} in the bases")
+
     async def describe(self, record: Record) -> dict[str, Any]:
         """Extra response fields a service adds to Confirm/Get answers (notify: delivery state, read from its DB)."""
         return {}
