@@ -210,7 +210,7 @@ def test_valid_reservation_ids(reservation_id: str) -> None:
     check_reservation_id(reservation_id)
 
 
-@pytest.mark.parametrize("reservation_id", ["", "/leading-slash", "has space", "x" * 129, "ünïcode", "a\nb"])
+@pytest.mark.parametrize("reservation_id", ["", "/leading-slash", "has space", "x" * 129, "ünïcode", "a\nb", "abc\n"])
 def test_invalid_reservation_ids(reservation_id: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         check_reservation_id(reservation_id)
