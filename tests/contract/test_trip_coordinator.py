@@ -143,8 +143,12 @@ async def test_concurrent_duplicate_bookings_make_one_trip(mesh: Mesh) -> None:
 
 
 async def test_a_sold_out_flight_cancels_the_hotel_and_charges_nothing(mesh: Mesh) -> None:
-    request = booking(flight__outbound_flight_id="TM401-20270316", flight__return_flight_id="",
-                      flight__cabin=flight_pb.CABIN_BUSINESS, flight__passenger_count=9)
+    request = booking(
+        flight__outbound_flight_id="TM401-20270316",
+        flight__return_flight_id="",
+        flight__cabin=flight_pb.CABIN_BUSINESS,
+        flight__passenger_count=9,
+    )
     trip = (await mesh.stub.BookTrip(request, timeout=30)).trip
     assert trip.state == common_pb.TRIP_STATE_CANCELLED
     assert "flight.reserve was refused" in trip.failure_reason and "SOLD_OUT" in trip.failure_reason
@@ -196,8 +200,11 @@ BAD_INPUTS: list[tuple[str, Callable[[], trip_pb.BookTripRequest], str]] = [
     ("a thousand passengers", lambda: booking(flight__passenger_count=1000), "flight.passenger_count"),
     ("no cabin", lambda: booking(flight__cabin=flight_pb.CABIN_UNSPECIFIED), "flight.cabin"),
     ("malformed email", lambda: booking(customer__email="ada-at-example"), "customer.email"),
-    ("check-out before check-in", lambda: booking(hotel__check_out=common_pb.Date(year=2027, month=3, day=14)),
-     "hotel.check_out"),
+    (
+        "check-out before check-in",
+        lambda: booking(hotel__check_out=common_pb.Date(year=2027, month=3, day=14)),
+        "hotel.check_out",
+    ),
     ("no room type", lambda: booking(hotel__room_type=hotel_pb.ROOM_TYPE_UNSPECIFIED), "hotel.room_type"),
     ("currency we do not take", lambda: booking(currency_code="JPY"), "currency_code"),
     ("no payment method", lambda: booking(payment_method_id=""), "payment_method_id"),

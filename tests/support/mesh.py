@@ -31,8 +31,9 @@ from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
 
 SPECS = {"flight": FLIGHT, "hotel": HOTEL, "payment": PAYMENT, "notify": NOTIFY}
 
-FAST_POLICY = RetryPolicy(reserve_attempts=3, confirm_attempts=5, cancel_attempts=5, initial_backoff=0.01,
-                          max_backoff=0.05)
+FAST_POLICY = RetryPolicy(
+    reserve_attempts=3, confirm_attempts=5, cancel_attempts=5, initial_backoff=0.01, max_backoff=0.05
+)
 
 
 @dataclass
@@ -62,16 +63,18 @@ class Mesh:
         await self.sink.stop()
 
 
-async def start_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, policy: RetryPolicy = FAST_POLICY,
-                     hold_seconds: float = 900.0) -> Mesh:
+async def start_mesh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, policy: RetryPolicy = FAST_POLICY, hold_seconds: float = 900.0
+) -> Mesh:
     mail_dir = tmp_path / "mail"
     sink = await start_sink(port=0, directory=mail_dir)
     monkeypatch.setenv("TRIPMESH_NOTIFY_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("TRIPMESH_NOTIFY_SMTP_PORT", str(sink.port))
     monkeypatch.setenv("TRIPMESH_NOTIFY_OUTBOX_INTERVAL_SECONDS", "0.05")
     participants = {
-        name: await start_participant(spec, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
-                                      hold_seconds=hold_seconds)
+        name: await start_participant(
+            spec, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db", hold_seconds=hold_seconds
+        )
         for name, spec in SPECS.items()
     }
     settings = CoordinatorSettings(

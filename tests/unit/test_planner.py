@@ -92,9 +92,7 @@ def test_a_reserve_that_kept_failing_compensates() -> None:
 
 def test_a_trip_past_its_deadline_compensates_instead_of_reserving_more() -> None:
     t = trip(TripState.RESERVING, {"flight.reserve": OK, "hotel.reserve": S}, deadline_in=-1)
-    assert plan(TRIP_SAGA, t, NOW) == Transition(
-        TripState.COMPENSATING, "the trip ran out of time while reserving"
-    )
+    assert plan(TRIP_SAGA, t, NOW) == Transition(TripState.COMPENSATING, "the trip ran out of time while reserving")
 
 
 def test_a_trip_without_hotel_never_reserves_one() -> None:
@@ -112,8 +110,13 @@ def test_a_trip_without_hotel_never_reserves_one() -> None:
             Call(("notify.cancel",)),
         ),
         (
-            {"flight.reserve": OK, "hotel.reserve": OK, "payment.reserve": NO, "notify.reserve": OK,
-             "notify.cancel": OK},
+            {
+                "flight.reserve": OK,
+                "hotel.reserve": OK,
+                "payment.reserve": NO,
+                "notify.reserve": OK,
+                "notify.cancel": OK,
+            },
             Call(("flight.cancel", "hotel.cancel")),
         ),
         # flight refused: only the hotel may hold something
