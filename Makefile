@@ -23,8 +23,10 @@ ARGS ?=
 PROTO_DIR := protos/tripmesh/v1
 PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 STUBS := $(foreach p,$(PROTOS:.proto=),$(p)_pb2.py $(p)_pb2.pyi $(p)_pb2_grpc.py $(p)_pb2_grpc.pyi)
+MISSING_STUBS := $(filter-out $(wildcard $(STUBS)),$(STUBS))
+PROTOS_STAMP := $(VENV)/.tripmesh-protos
 
-.PHONY: help venv protos run test lint fmt typecheck buf-lint clean
+.PHONY: help venv protos run test lint fmt typecheck buf-lint clean FORCE
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -36,12 +38,13 @@ $(VENV_STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-protos: $(STUBS)
+protos: $(PROTOS_STAMP)
 
-# One protoc run writes every stub (a grouped target), so they are never out of step with each other.
-$(STUBS) &: $(PROTOS) protos/generate.py $(VENV_STAMP)
+# One protoc run writes every stub; it runs again when a .proto, the generator or the tools change,
+# or when any stub is missing.
+$(PROTOS_STAMP): $(PROTOS) protos/generate.py $(VENV_STAMP) $(if $(MISSING_STUBS),FORCE)
 	$(BIN)/python protos/generate.py
-	@touch $(STUBS)
+	@touch $@
 
 run: venv protos
 	$(BIN)/tripmesh up $(ARGS)
@@ -66,4 +69,4 @@ buf-lint: venv
 
 clean:
 	rm -rf var build dist
-	rm -f $(PROTO_DIR)/*_pb2.py $(PROTO_DIR)/*_pb2.pyi $(PROTO_DIR)/*_pb2_grpc.py $(PROTO_DIR)/*_pb2_grpc.pyi
+	rm -f $(PROTO_DIR)/*_pb2.py $(PROTO_DIR)/*_pb2.pyi $(PROTO_DIR)/*_pb2_grpc.py $(PROTO_DIR)/*_pb2_grpc.pyi $(PROTOS_STAMP)
