@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import signal
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -113,11 +115,20 @@ def _up_banner(launcher: Launcher, plan: MeshPlan) -> str:
             "tripmesh is up:",
             cli_format.format_endpoints(endpoints),
             "",
-            f"try: grpcurl -plaintext {coordinator} describe tripmesh.v1.TripCoordinator"
+            f"try: {_grpcurl()} -plaintext {coordinator} describe tripmesh.v1.TripCoordinator"
             f"   or: tripmesh book --help   (Ctrl-C stops everything)",
             "",
         ]
     )
+
+
+def _grpcurl() -> str:
+    """'grpcurl' if it is on PATH, else the copy the dev extra puts next to this Python."""
+    bundled = Path(sys.executable).parent / "grpcurl"
+    if shutil.which("grpcurl") or not bundled.is_file():
+        return "grpcurl"
+    relative = os.path.relpath(bundled)
+    return relative if not relative.startswith("..") else str(bundled)
 
 
 def _exit_summary(codes: dict[str, int]) -> str:
