@@ -16,7 +16,7 @@ async def _main() -> None:
     running = await start_coordinator(settings)
 
     async def close() -> None:
-        await running.engine.stop()
+        await running.engine.stop(settings.service.grace_seconds)
         await running.participants.close()
         await running.db.dispose()
 

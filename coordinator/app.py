@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.crashpoints import CrashPoints
 from coordinator.engine import Engine
 from coordinator.models import metadata
 from coordinator.participants import Participants
@@ -40,7 +41,7 @@ class RunningCoordinator:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.built.stop(grace)
-        await self.engine.stop()
+        await self.engine.stop(grace or 0.0)
         await self.participants.close()
         await self.db.dispose()
 
@@ -53,7 +54,7 @@ async def start_coordinator(
     await create_schema(db, metadata)
     store = StepLogStore(db)
     participants = Participants(settings.addresses, call_timeout=settings.call_timeout)
-    engine = Engine(TRIP_SAGA, store, participants, clock, settings.policy)
+    engine = Engine(TRIP_SAGA, store, participants, clock, settings.policy, CrashPoints.from_env())
     service = TripService(
         TRIP_SAGA, store, engine, clock, trip_timeout=settings.trip_timeout, book_wait=settings.book_wait
     )

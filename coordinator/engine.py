@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from coordinator.crashpoints import CrashPoints
 from coordinator.participants import Outcome, OutcomeKind, Participants
 from coordinator.planner import Call, Done, Transition, plan
 from coordinator.requests import build_request
@@ -54,7 +55,9 @@ class Engine:
         participants: Participants,
         clock: Clock,
         policy: RetryPolicy,
+        crash: CrashPoints | None = None,
     ) -> None:
+        self.crash = crash
         self.saga = saga
         self.store = store
         self.participants = participants
@@ -87,10 +90,17 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    async def stop(self) -> None:
-        for task in self._tasks.values():
+    async def stop(self, grace: float = 0.0) -> None:
+        """Let the trips being driven finish their current work for up to `grace` seconds, then cancel.
+
+        A cancelled trip is safe: whatever it was doing is in the step log, and recovery picks it up.
+        """
+        tasks = list(self._tasks.values())
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drive(self, trip: Trip) -> None:
         with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id):
@@ -129,6 +139,8 @@ class Engine:
         now = self.clock.now()
         reason = transition.reason or trip.failure_reason
         await self.store.set_state(trip, transition.state, reason, now)
+        if self.crash:
+            self.crash.hit("after_state", transition.state.value)
         previous = trip.state
         trip.state, trip.failure_reason, trip.updated_at = transition.state, reason, now
         log.info("trip_state", previous=previous.value, state=trip.state.value, reason=reason or None)
@@ -145,8 +157,14 @@ class Engine:
         while True:
             step.attempts += 1
             step.status, step.finished_at = StepStatus.STARTED, None
+            if self.crash:
+                self.crash.hit("before_intent", name)
             await self.store.save_step(trip.trip_id, step)  # the intent is durable before the call leaves
+            if self.crash:
+                self.crash.hit("after_intent", name)
             outcome = await self.participants.call(name, request, trip.trip_id)
+            if self.crash:
+                self.crash.hit("after_call", name)
             self._record(step, outcome)
             retry = outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.UNKNOWN) and step.attempts < budget
             if not retry:

@@ -7,9 +7,14 @@ from datetime import timedelta
 from coordinator.engine import Engine
 from coordinator.saga import SagaDefinition
 from coordinator.steplog import StepLogStore
-from coordinator.trip import Trip, TripRequest, TripState
+from coordinator.trip import Action, StepStatus, Trip, TripRequest, TripState
 from services.kit.clock import Clock
-from services.kit.errors import InvalidRequestError, TripConflictError, TripNotFoundError
+from services.kit.errors import (
+    InvalidRequestError,
+    TripConflictError,
+    TripNotFoundError,
+    TripNotRetriableError,
+)
 
 
 class TripService:
@@ -51,6 +56,23 @@ class TripService:
             self.engine.start(trip)
         await self.engine.wait(request.trip_id, self.book_wait if wait is None else wait)
         return self.engine.live(request.trip_id) or await self.get(request.trip_id)
+
+    async def retry(self, trip_id: str, wait: float | None) -> Trip:
+        """An operator's retry of a trip parked in NEEDS_ATTENTION: resume it with fresh retry budgets."""
+        trip = await self.get(trip_id)
+        if trip.state is not TripState.NEEDS_ATTENTION:
+            raise TripNotRetriableError(
+                f"trip {trip_id!r} is {trip.state.value}; only a trip in NEEDS_ATTENTION can be retried"
+            )
+        compensating = any(step.action is Action.CANCEL for step in trip.steps.values())
+        state = TripState.COMPENSATING if compensating else TripState.CONFIRMING
+        action = Action.CANCEL if compensating else Action.CONFIRM
+        failed = [s.name for s in trip.steps.values() if s.action is action and s.status is StepStatus.FAILED]
+        if await self.store.reopen(trip, state, failed, self.clock.now()):
+            reopened = await self.get(trip_id)
+            self.engine.start(reopened)
+        await self.engine.wait(trip_id, self.book_wait if wait is None else wait)
+        return self.engine.live(trip_id) or await self.get(trip_id)
 
     async def get(self, trip_id: str) -> Trip:
         trip = await self.store.load(trip_id)

@@ -25,11 +25,14 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
     async def BookTrip(
         self, request: trip_pb.BookTripRequest, context: grpc.aio.ServicerContext
     ) -> trip_pb.BookTripResponse:
-        trip_request = parse_book_trip(request)
-        remaining = context.time_remaining()
-        wait = None if remaining is None else max(0.0, remaining - REPLY_MARGIN_SECONDS)
-        trip = await self.service.book(trip_request, wait)
+        trip = await self.service.book(parse_book_trip(request), _wait(context))
         return trip_pb.BookTripResponse(trip=trip_to_proto(self.service.saga, trip))
+
+    async def RetryTrip(
+        self, request: trip_pb.RetryTripRequest, context: grpc.aio.ServicerContext
+    ) -> trip_pb.RetryTripResponse:
+        trip = await self.service.retry(parse_trip_id(request.trip_id), _wait(context))
+        return trip_pb.RetryTripResponse(trip=trip_to_proto(self.service.saga, trip))
 
     async def GetTrip(
         self, request: trip_pb.GetTripRequest, context: grpc.aio.ServicerContext
@@ -54,3 +57,9 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
         return trip_pb.ListTripsResponse(
             trips=[trip_to_proto(self.service.saga, t) for t in trips], next_page_token=token
         )
+
+
+def _wait(context: grpc.aio.ServicerContext) -> float | None:
+    """How long a call may wait for a trip's outcome: the caller's deadline less a margin to reply."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - REPLY_MARGIN_SECONDS)

@@ -66,6 +66,32 @@ class StepLogStore:
 
         await db_retry(work)
 
+    async def reopen(self, trip: Trip, state: TripState, step_names: list[str], now: datetime) -> bool:
+        """Move a NEEDS_ATTENTION trip back to `state` with the named steps to be sent again, atomically.
+
+        Conditional on the trip still being in NEEDS_ATTENTION, so two operators retrying at once reopen
+        it once; returns False for the loser.
+        """
+
+        async def work() -> bool:
+            async with self.engine.begin() as conn:
+                moved = await conn.execute(
+                    update(trips)
+                    .where(trips.c.trip_id == trip.trip_id, trips.c.state == TripState.NEEDS_ATTENTION.value)
+                    .values(state=state.value, updated_at=now)
+                )
+                if moved.rowcount != 1:
+                    return False
+                if step_names:
+                    await conn.execute(
+                        update(steps)
+                        .where(steps.c.trip_id == trip.trip_id, steps.c.name.in_(step_names))
+                        .values(status=StepStatus.STARTED.value, finished_at=None)
+                    )
+                return True
+
+        return await db_retry(work)
+
     async def load(self, trip_id: str) -> Trip | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(trips).where(trips.c.trip_id == trip_id))).first()

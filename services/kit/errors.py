@@ -101,3 +101,8 @@ class TransientError(TripmeshError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "TEMPORARILY_UNAVAILABLE"
     retry_after_seconds = 0.2
+
+
+class TripNotRetriableError(TripmeshError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "TRIP_NOT_RETRIABLE"
