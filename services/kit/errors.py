@@ -106,3 +106,15 @@ class TransientError(TripmeshError):
 class TripNotRetriableError(TripmeshError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "TRIP_NOT_RETRIABLE"
+
+
+class InjectedFaultError(TripmeshError):
+    """A fault injected by configuration (kit.faults): any code and reason, answered like a real error."""
+
+    def __init__(
+        self, message: str, *, code: grpc.StatusCode, reason: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.code = code
+        if code is grpc.StatusCode.UNAVAILABLE:
+            self.retry_after_seconds = TransientError.retry_after_seconds

@@ -18,6 +18,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.kit.faults import component_of, fault_interceptor
 from services.kit.interceptors import ServerInterceptor
 
 log = structlog.get_logger("tripmesh.server")
@@ -40,6 +41,7 @@ class BuiltServer:
     health: health.aio.HealthServicer
     port: int
     service_names: list[str]
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -55,9 +57,17 @@ class BuiltServer:
         await self.server.stop(grace)
 
 
-def build_server(bindings: Sequence[ServiceBinding], *, address: str, domain: str) -> BuiltServer:
+def build_server(
+    bindings: Sequence[ServiceBinding], *, address: str, domain: str, component: str | None = None
+) -> BuiltServer:
+    """`component` names the TRIPMESH_<COMPONENT>_FAULTS variable; by default it follows from `domain`."""
+    names = [b.full_name for b in bindings]
+    faults = fault_interceptor(component or component_of(domain), names)
+    # The fault interceptor sits inside the error interceptor, so injected errors become rich statuses.
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...]
+    interceptors = (ServerInterceptor(domain),) if faults is None else (ServerInterceptor(domain), faults)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(domain)],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -68,12 +78,11 @@ def build_server(bindings: Sequence[ServiceBinding], *, address: str, domain: st
         binding.register(binding.servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [b.full_name for b in bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
-    return BuiltServer(server=server, health=health_servicer, port=port, service_names=names)
+    return BuiltServer(server=server, health=health_servicer, port=port, service_names=names, interceptors=interceptors)
 
 
 async def serve_until_signalled(
