@@ -172,6 +172,8 @@ class Engine:
                     step.status = StepStatus.FAILED
                 step.finished_at = self.clock.now()
             await self.store.save_step(trip.trip_id, step)
+            if self.crash:
+                self.crash.hit("after_outcome", name)
             log.info(
                 "step_outcome",
                 step=name,
