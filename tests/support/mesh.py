@@ -55,6 +55,17 @@ class Mesh:
     async def invariants(self) -> list[str]:
         return await check_invariants(self.coordinator.db, self.engines)
 
+    async def restart_participant(self, name: str, *, hold_seconds: float = 900.0) -> None:
+        """Stop a participant and start it again on the same port and database (with the env as it is now)."""
+        old = self.participants[name]
+        await old.stop(0)
+        self.participants[name] = await start_participant(
+            SPECS[name],
+            database_url=old.engine.url.render_as_string(hide_password=False),
+            address=f"127.0.0.1:{old.port}",
+            hold_seconds=hold_seconds,
+        )
+
     async def stop(self) -> None:
         await self.channel.close()
         await self.coordinator.stop(0)
@@ -64,7 +75,12 @@ class Mesh:
 
 
 async def start_mesh(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, policy: RetryPolicy = FAST_POLICY, hold_seconds: float = 900.0
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    policy: RetryPolicy = FAST_POLICY,
+    hold_seconds: float = 900.0,
+    call_timeout: float = 5.0,
 ) -> Mesh:
     mail_dir = tmp_path / "mail"
     sink = await start_sink(port=0, directory=mail_dir)
@@ -83,7 +99,7 @@ async def start_mesh(
             database_url=f"sqlite+aiosqlite:///{tmp_path}/coordinator.db",
         ),
         addresses=Addresses(**{name: f"127.0.0.1:{p.port}" for name, p in participants.items()}),
-        call_timeout=5.0,
+        call_timeout=call_timeout,
         trip_timeout=60.0,
         book_wait=30.0,
         policy=policy,
