@@ -6,16 +6,12 @@ make the scarce resource and the SOLD_OUT refusal.
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import date, timedelta
-from typing import Any
+from datetime import date
 
 import grpc
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.hotel.app import SPEC
-from services.hotel.models import reservations, room_nights
+from services.hotel.audit import check_conservation as check_conservation  # re-exported for the tests
 from tests.support.participant_case import BadInput, ParticipantCase, Refusal
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -66,42 +62,6 @@ REFUSALS = [
         "SOLD_OUT",
     ),
 ]
-
-
-async def check_conservation(engine: AsyncEngine) -> list[str]:
-    """Every room-night: 0 <= held, 0 <= confirmed, held + confirmed <= capacity, and both equal to the
-    rooms of the HELD / CONFIRMED reservations recomputed from the reservations table."""
-    async with engine.connect() as conn:
-        nights = (await conn.execute(select(room_nights))).all()
-        rows = await conn.execute(
-            select(reservations.c.reservation_id, reservations.c.status, reservations.c.details).where(
-                reservations.c.status.in_(["HELD", "CONFIRMED"])
-            )
-        )
-        booked = rows.all()
-    expected: dict[str, Counter[tuple[str, str, date]]] = {"HELD": Counter(), "CONFIRMED": Counter()}
-    problems: list[str] = []
-    known = {(n.hotel_id, n.room_type, n.night) for n in nights}
-    for reservation in booked:
-        details: dict[str, Any] = reservation.details
-        night = date.fromisoformat(details["check_in"])
-        check_out = date.fromisoformat(details["check_out"])
-        while night < check_out:
-            key = (details["hotel_id"], details["room_type"], night)
-            if key not in known:
-                problems.append(f"{reservation.reservation_id} holds rooms on unknown room-night {key}")
-            expected[reservation.status][key] += int(details["room_count"])
-            night += timedelta(days=1)
-    for n in nights:
-        key = (n.hotel_id, n.room_type, n.night)
-        if n.held < 0 or n.confirmed < 0 or n.held + n.confirmed > n.capacity:
-            problems.append(f"{key}: held {n.held} + confirmed {n.confirmed} outside 0..{n.capacity}")
-        held, confirmed = expected["HELD"][key], expected["CONFIRMED"][key]
-        if n.held != held:
-            problems.append(f"{key}: held {n.held} but HELD reservations hold {held}")
-        if n.confirmed != confirmed:
-            problems.append(f"{key}: confirmed {n.confirmed} but CONFIRMED reservations hold {confirmed}")
-    return problems
 
 
 CASE = ParticipantCase(
