@@ -17,6 +17,7 @@ async def _main() -> None:
 
     async def close() -> None:
         await running.engine.stop(settings.service.grace_seconds)
+        await running.store.close()
         await running.participants.close()
         await running.db.dispose()
 

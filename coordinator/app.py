@@ -32,6 +32,7 @@ class RunningCoordinator:
     built: BuiltServer
     db: AsyncEngine
     engine: Engine
+    store: StepLogStore
     participants: Participants
     service: TripService
 
@@ -42,6 +43,7 @@ class RunningCoordinator:
     async def stop(self, grace: float | None = None) -> None:
         await self.built.stop(grace)
         await self.engine.stop(grace or 0.0)
+        await self.store.close()
         await self.participants.close()
         await self.db.dispose()
 
@@ -69,4 +71,6 @@ async def start_coordinator(
     log.info(
         "coordinator_started", port=built.port, recovered_trips=recovered, database_url=settings.service.database_url
     )
-    return RunningCoordinator(built=built, db=db, engine=engine, participants=participants, service=service)
+    return RunningCoordinator(
+        built=built, db=db, engine=engine, store=store, participants=participants, service=service
+    )

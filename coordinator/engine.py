@@ -1,8 +1,14 @@
 """Runs trips: asks the planner what next, writes each step's intent, calls, writes the outcome.
 
+Durability rule: nothing leaves the coordinator (a participant call, an answer to the client) before
+everything it could depend on is durable. So each call first flushes the trip's pending writes with
+its own intent, in one group-committed transaction; an outcome, or a non-final state change, waits in
+`pending` for the next flush (the next intent or the final state). A crash before that flush loses only
+outcomes nobody acted on yet: recovery resends those calls, and participants are idempotent.
+
 Retries live here and only here, so every attempt is in the step log: transient and unknown outcomes
 are resent with exponential backoff and full jitter up to the action's budget; refusals never are.
-Parallel steps of a group run as concurrent tasks (asyncio.gather over the participants' futures).
+Parallel steps of a group run as concurrent tasks in one TaskGroup.
 """
 
 from __future__ import annotations
@@ -16,15 +22,20 @@ import structlog
 
 from coordinator.crashpoints import CrashPoints
 from coordinator.participants import Outcome, OutcomeKind, Participants
-from coordinator.planner import Call, Done, Transition, plan
+from coordinator.planner import Done, Transition, plan
 from coordinator.requests import build_request
 from coordinator.saga import SagaDefinition
-from coordinator.steplog import StepLogStore
+from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
 from coordinator.trip import Action, Step, StepStatus, Trip
+from coordinator.writer import Write
 from services.kit.clock import Clock
 from services.kit.errors import TransientError
 
 log = structlog.get_logger("tripmesh.engine")
+
+
+class TripTakenError(Exception):
+    """A new trip's id was found taken when its first writes were flushed; nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,18 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._live: dict[str, Trip] = {}
+        self._pending: dict[str, list[Write]] = {}
+        self.taken: set[str] = set()  # new trips whose id turned out to be taken when first flushed
 
-    def start(self, trip: Trip) -> None:
-        """Drive a trip in the background, unless this process already is."""
+    def start(self, trip: Trip, *, new: bool = False) -> None:
+        """Drive a trip in the background, unless this process already is.
+
+        A new trip is written with its first intents (one fsync); if its id is taken by then, nothing
+        is sent and its id lands in `taken`.
+        """
         if trip.trip_id in self._tasks or trip.state.terminal:
             return
+        self._pending[trip.trip_id] = [new_trip(trip)] if new else []
         self._live[trip.trip_id] = trip
         self._finished[trip.trip_id] = asyncio.Event()
         self._tasks[trip.trip_id] = asyncio.create_task(self._drive(trip), name=f"trip:{trip.trip_id}")
@@ -113,6 +131,7 @@ class Engine:
             finally:
                 self._tasks.pop(trip.trip_id, None)
                 self._live.pop(trip.trip_id, None)
+                self._pending.pop(trip.trip_id, None)
                 event = self._finished.pop(trip.trip_id, None)
                 if event is not None:
                     event.set()
@@ -121,28 +140,62 @@ class Engine:
         delay = self.policy.initial_backoff
         while True:
             next_plan = plan(self.saga, trip, self.clock.now())
+            if isinstance(next_plan, Done):
+                return
             try:
-                if isinstance(next_plan, Done):
-                    return
                 if isinstance(next_plan, Transition):
                     await self._transition(trip, next_plan)
-                elif isinstance(next_plan, Call):
-                    await asyncio.gather(*(self._run_step(trip, name) for name in next_plan.steps))
+                else:
+                    await self._call(trip, next_plan.steps)
                 delay = self.policy.initial_backoff
             except TransientError as error:
                 # The step log could not be written: nothing was sent without its intent. Try again.
                 log.warning("step_log_unavailable", error=str(error), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(self.policy.max_backoff, delay * 2)
+            except TripTakenError:
+                self.taken.add(trip.trip_id)
+                return
+
+    async def _call(self, trip: Trip, names: tuple[str, ...]) -> None:
+        """Run the steps of one group in parallel; if one cannot be logged, stop the others too."""
+        if len(names) == 1:
+            await self._run_step(trip, names[0])
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name in names:
+                    group.create_task(self._run_step(trip, name))
+        except ExceptionGroup as errors:
+            first = errors.exceptions[0]
+            if isinstance(first, TransientError | TripTakenError):
+                raise first from errors
+            raise
+
+    async def _flush(self, trip: Trip, *writes: Write) -> None:
+        """Make the trip's pending writes and these durable, in one group-committed transaction."""
+        pending = self._pending.setdefault(trip.trip_id, [])
+        batch = [*pending, *writes]
+        pending.clear()
+        try:
+            written = await self.store.flush(batch)
+        except TransientError:
+            pending[:0] = batch  # nothing was written: keep it all for the next flush
+            raise
+        if not written:
+            raise TripTakenError(trip.trip_id)
 
     async def _transition(self, trip: Trip, transition: Transition) -> None:
         now = self.clock.now()
         reason = transition.reason or trip.failure_reason
-        await self.store.set_state(trip, transition.state, reason, now)
-        if self.crash:
-            self.crash.hit("after_state", transition.state.value)
         previous = trip.state
         trip.state, trip.failure_reason, trip.updated_at = transition.state, reason, now
+        if trip.state.terminal:
+            await self._flush(trip, state_write(trip))  # durable before the client hears of it
+        else:
+            self._pending[trip.trip_id].append(state_write(trip))  # durable with the next intent
+        if self.crash:
+            self.crash.hit("after_state", transition.state.value)
         log.info("trip_state", previous=previous.value, state=trip.state.value, reason=reason or None)
 
     async def _run_step(self, trip: Trip, name: str) -> None:
@@ -159,7 +212,7 @@ class Engine:
             step.status, step.finished_at = StepStatus.STARTED, None
             if self.crash:
                 self.crash.hit("before_intent", name)
-            await self.store.save_step(trip.trip_id, step)  # the intent is durable before the call leaves
+            await self._flush(trip, step_write(trip.trip_id, step))  # durable before the call leaves
             if self.crash:
                 self.crash.hit("after_intent", name)
             outcome = await self.participants.call(name, request, trip.trip_id)
@@ -171,7 +224,7 @@ class Engine:
                 if step.status is StepStatus.STARTED:
                     step.status = StepStatus.FAILED
                 step.finished_at = self.clock.now()
-            await self.store.save_step(trip.trip_id, step)
+            self._pending[trip.trip_id].append(step_write(trip.trip_id, step))
             if self.crash:
                 self.crash.hit("after_outcome", name)
             log.info(

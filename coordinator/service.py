@@ -36,26 +36,37 @@ class TripService:
         self.book_wait = book_wait
 
     async def book(self, request: TripRequest, wait: float | None) -> Trip:
-        """Accept the trip (durably, once per trip id), then wait for its outcome up to `wait` seconds."""
-        now = self.clock.now()
-        trip = Trip(
-            request=request,
-            state=TripState.RESERVING,  # accepted: the first write is the trip itself, then the intents
-            created_at=now,
-            updated_at=now,
-            deadline_at=now + self.trip_timeout,
-            definition_version=self.saga.version,
-        )
-        existing = await self.store.create_trip(trip)
-        if existing is not None:
-            if existing.request.fingerprint() != request.fingerprint():
-                raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
-            trip = self.engine.live(request.trip_id) or existing
-            self.engine.start(trip)  # a no-op if terminal or already driven here
-        else:
-            self.engine.start(trip)
-        await self.engine.wait(request.trip_id, self.book_wait if wait is None else wait)
-        return self.engine.live(request.trip_id) or await self.get(request.trip_id)
+        """Accept the trip (durably, once per trip id), then wait for its outcome up to `wait` seconds.
+
+        A new trip is written together with its first intents (one fsync for both); the trip id is the
+        idempotency key, so a repeat with the same request joins the trip, another request is refused.
+        """
+        seconds = self.book_wait if wait is None else wait
+        trip = self.engine.live(request.trip_id) or await self.store.load(request.trip_id)
+        if trip is None:
+            now = self.clock.now()
+            candidate = Trip(
+                request=request,
+                state=TripState.RESERVING,  # accepted: written with the first intents
+                created_at=now,
+                updated_at=now,
+                deadline_at=now + self.trip_timeout,
+                definition_version=self.saga.version,
+            )
+            self.engine.start(candidate, new=True)  # a no-op if a concurrent call started this id first
+            trip = self.engine.live(request.trip_id) or candidate
+            if trip is candidate:
+                await self.engine.wait(trip.trip_id, seconds)
+                if trip.trip_id not in self.engine.taken:
+                    return self.engine.live(trip.trip_id) or trip
+                # Another coordinator wrote this id first: answer as for any repeat.
+                self.engine.taken.discard(trip.trip_id)
+                trip = await self.get(request.trip_id)
+        if trip.request.fingerprint() != request.fingerprint():
+            raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
+        self.engine.start(trip)  # a no-op if terminal or already driven here
+        await self.engine.wait(trip.trip_id, seconds)
+        return self.engine.live(trip.trip_id) or await self.get(trip.trip_id)
 
     async def retry(self, trip_id: str, wait: float | None) -> Trip:
         """An operator's retry of a trip parked in NEEDS_ATTENTION: resume it with fresh retry budgets."""

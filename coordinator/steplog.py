@@ -1,23 +1,25 @@
 """StepLogStore: the only SQL on the coordinator's trips and steps (as DBOS's SystemDatabase).
 
-Every write is its own committed transaction: a step's intent is durable before its call is sent,
-its outcome when it is known, and the commit decision before any Confirm.
+Writes arrive as batches (coordinator/writer.py) and are group-committed: one transaction, one fsync,
+for every trip that flushed meanwhile. The engine flushes before every call it sends, so a step's
+intent is durable before the call leaves and the commit decision before any Confirm.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, insert, or_, select, update
+from sqlalchemy import Row, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.models import steps, trips
 from coordinator.trip import TERMINAL_STATES, Step, StepStatus, Trip, TripRequest, TripState
+from coordinator.writer import GroupCommitter, NewTrip, StateWrite, StepWrite, Write
 from services.kit.db import db_retry
 
 
@@ -25,46 +27,50 @@ class StepLogStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-
-    async def create_trip(self, trip: Trip) -> Trip | None:
-        """Insert a new trip; if the id is taken, return the stored trip instead (None when created)."""
-
-        async def work() -> None:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(trips).values(**_trip_values(trip)))
-
-        try:
-            await db_retry(work)
-        except IntegrityError:
-            existing = await self.load(trip.trip_id)
-            assert existing is not None
-            return existing
-        return None
-
-    async def save_step(self, trip_id: str, step: Step) -> None:
-        values = _step_values(trip_id, step)
-        stmt = self._insert(steps).values(**values)
-        stmt = stmt.on_conflict_do_update(
+        upsert = self._insert(steps)
+        self._upsert_step = upsert.on_conflict_do_update(
             index_elements=[steps.c.trip_id, steps.c.name],
-            set_={k: v for k, v in values.items() if k not in ("trip_id", "name", "seq")},
+            set_={c: upsert.excluded[c] for c in STEP_UPDATE_COLUMNS},
         )
+        self._committer = GroupCommitter(self._write_batch)
 
-        async def work() -> None:
+    async def flush(self, writes: Sequence[Write]) -> bool:
+        """Make the writes durable (group-committed with other trips'); False if a NewTrip's id was taken."""
+        return await self._committer.flush(writes)
+
+    async def close(self) -> None:
+        await self._committer.close()
+
+    async def _write_batch(self, writes: Sequence[Write]) -> set[str]:
+        new_trips = [w for w in writes if isinstance(w, NewTrip)]
+        step_rows = [w.values for w in writes if isinstance(w, StepWrite)]
+        states = [w for w in writes if isinstance(w, StateWrite)]
+
+        async def work() -> set[str]:
             async with self.engine.begin() as conn:
-                await conn.execute(stmt)
+                conflicts: set[str] = set()
+                for new in new_trips:
+                    inserted = await conn.execute(
+                        self._insert(trips)
+                        .values(**new.values)
+                        .on_conflict_do_nothing(index_elements=[trips.c.trip_id])
+                    )
+                    if inserted.rowcount != 1:
+                        conflicts.add(new.trip_id)
+                rows = [r for r in step_rows if r["trip_id"] not in conflicts]
+                if rows:
+                    await conn.execute(self._upsert_step, rows)
+                for state in states:
+                    if state.trip_id in conflicts:
+                        continue
+                    await conn.execute(
+                        update(trips)
+                        .where(trips.c.trip_id == state.trip_id)
+                        .values(state=state.state, failure_reason=state.reason, updated_at=state.at)
+                    )
+                return conflicts
 
-        await db_retry(work)
-
-    async def set_state(self, trip: Trip, state: TripState, reason: str, now: datetime) -> None:
-        async def work() -> None:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    update(trips)
-                    .where(trips.c.trip_id == trip.trip_id)
-                    .values(state=state.value, failure_reason=reason, updated_at=now)
-                )
-
-        await db_retry(work)
+        return await db_retry(work)
 
     async def reopen(self, trip: Trip, state: TripState, step_names: list[str], now: datetime) -> bool:
         """Move a NEEDS_ATTENTION trip back to `state` with the named steps to be sent again, atomically.
@@ -151,6 +157,31 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created_at), str(trip_id)
     except (ValueError, TypeError) as error:
         raise ValueError("malformed page_token") from error
+
+
+STEP_UPDATE_COLUMNS = (
+    "status",
+    "attempts",
+    "started_at",
+    "finished_at",
+    "error_code",
+    "error_reason",
+    "error_message",
+    "result",
+)
+
+
+def new_trip(trip: Trip) -> NewTrip:
+    return NewTrip(trip.trip_id, _trip_values(trip))
+
+
+def step_write(trip_id: str, step: Step) -> StepWrite:
+    """A snapshot of the step as it is now (the step object goes on changing)."""
+    return StepWrite(trip_id, _step_values(trip_id, step))
+
+
+def state_write(trip: Trip) -> StateWrite:
+    return StateWrite(trip.trip_id, trip.state.value, trip.failure_reason, trip.updated_at)
 
 
 def _trip_values(trip: Trip) -> dict[str, Any]:
