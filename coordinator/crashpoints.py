@@ -4,11 +4,13 @@
 kills itself with SIGKILL (no cleanup, no flush: a real crash) the n-th time (default the first) it
 reaches one:
 
-    before_intent:<step>   the step is about to be written; nothing of it is durable
+    before_intent:<step>   the step's intent (with the trip's pending writes) is about to be flushed
     after_intent:<step>    its intent is durable, the call not sent
-    after_call:<step>      the participant answered, the outcome not yet written
-    after_outcome:<step>   the outcome is durable
-    after_state:<STATE>    the trip's new state is durable (after_state:CONFIRMING is the commit decision)
+    after_call:<step>      the participant answered; the outcome is known only in memory
+    after_outcome:<step>   the outcome is recorded, pending: durable with the trip's next flush
+    after_state:<STATE>    the trip took the state; a final state is durable, another one pending
+                           (after_state:CONFIRMING is the commit decision, made durable with the first
+                           Confirm's intent)
 
 Unset (the default), the engine holds no CrashPoints at all and pays nothing.
 """
