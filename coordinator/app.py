@@ -54,7 +54,11 @@ async def start_coordinator(
     clock = clock or SystemClock()
     db = make_engine(settings.service.database_url)
     await create_schema(db, metadata)
-    store = StepLogStore(db)
+    if settings.step_log not in ("on", "off"):
+        raise ValueError(f"TRIPMESH_COORDINATOR_STEP_LOG must be 'on' or 'off', got {settings.step_log!r}")
+    store = StepLogStore(db, durable=settings.step_log == "on")
+    if not store.durable:
+        log.warning("step_log_off", detail="nothing is durable: a benchmark limit, not a way to run tripmesh")
     participants = Participants(settings.addresses, call_timeout=settings.call_timeout)
     engine = Engine(TRIP_SAGA, store, participants, clock, settings.policy, CrashPoints.from_env())
     service = TripService(

@@ -17,6 +17,8 @@ class CoordinatorSettings:
     trip_timeout: float  # a trip still reserving after this long compensates
     book_wait: float  # how long BookTrip waits for the outcome when the caller set no deadline
     policy: RetryPolicy
+    # "off" writes no step log at all: the benchmark's limit of this stack, never for real use.
+    step_log: str = "on"
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -39,4 +41,5 @@ class CoordinatorSettings:
                 initial_backoff=env_float(c, "initial_backoff_seconds", 0.05),
                 max_backoff=env_float(c, "max_backoff_seconds", 2.0),
             ),
+            step_log=env(c, "step_log", "on"),
         )

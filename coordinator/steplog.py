@@ -24,8 +24,10 @@ from services.kit.db import db_retry
 
 
 class StepLogStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, durable: bool = True) -> None:
+        """durable=False writes nothing at all: only for the benchmark's no-step-log limit."""
         self.engine = engine
+        self.durable = durable
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         upsert = self._insert(steps)
         self._upsert_step = upsert.on_conflict_do_update(
@@ -36,6 +38,8 @@ class StepLogStore:
 
     async def flush(self, writes: Sequence[Write]) -> bool:
         """Make the writes durable (group-committed with other trips'); False if a NewTrip's id was taken."""
+        if not self.durable:
+            return True
         return await self._committer.flush(writes)
 
     async def close(self) -> None:
