@@ -3,14 +3,19 @@
     tripmesh up [--json-logs] [--var-dir DIR]    start every process, print where they listen, Ctrl-C stops
     tripmesh book --customer cust-ada ...        BookTrip, then the outcome and its step table
     tripmesh trip TRIP_ID                        GetTrip: state, reservations, step timeline
-    tripmesh trips [--state confirmed]           ListTrips
+    tripmesh trips [--state needs-attention]     ListTrips (trips waiting for an operator, with why)
+    tripmesh retry TRIP_ID                       RetryTrip: send a NEEDS_ATTENTION trip on again
+    tripmesh audit [--var-dir var]               check invariants I1-I6 on a mesh's databases (read-only)
+    tripmesh demo [--trips 48] [--seed N]        a mixed, fault-injected run on a mesh of its own
 
-Process management lives in coordinator/launcher.py and all text in coordinator/cli_format.py.
+Process management lives in coordinator/launcher.py, the audit in coordinator/audit.py, the demo's
+scenarios in coordinator/demo.py, and all text in coordinator/cli_format.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import os
 import shutil
@@ -26,9 +31,21 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import cli_format
-from coordinator.launcher import Launcher, LaunchError, MeshPlan, mesh_plan, port_in_use
+from coordinator import cli_format, demo
+from coordinator.audit import AuditSourceError, audit_databases
+from coordinator.launcher import (
+    SMTP_SINK,
+    Launcher,
+    LaunchError,
+    MeshPlan,
+    PlannedProcess,
+    mesh_plan,
+    port_in_use,
+    start_mesh,
+)
 from services.kit.healthcheck import connect_address
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
@@ -44,7 +61,11 @@ STOP_GRACE = 10.0
 
 
 class CliError(Exception):
-    """A problem to report in one message, exit code 1."""
+    """A problem to report in one message; exit code 1 unless told otherwise."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --- tripmesh up ------------------------------------------------------------------------------------
@@ -95,11 +116,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _start_mesh(launcher: Launcher, plan: MeshPlan, stop: threading.Event, *, timeout: float) -> None:
-    for tier in plan.tiers():
-        for process in tier:
-            child = launcher.start(process.component.name, process.component.module, plan.env, probe=process.probe)
-            print(f"tripmesh: started {process.component.name} (pid {child.pid}) on {process.listen}", file=sys.stderr)
-        launcher.wait_healthy(*(p.component.name for p in tier), timeout=timeout, cancel=stop)
+    def started(process: PlannedProcess, pid: int) -> None:
+        print(f"tripmesh: started {process.component.name} (pid {pid}) on {process.listen}", file=sys.stderr)
+
+    start_mesh(launcher, plan, timeout=timeout, cancel=stop, on_start=started)
 
 
 def _up_banner(launcher: Launcher, plan: MeshPlan) -> str:
@@ -254,6 +274,140 @@ def cmd_trips(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    """RetryTrip; exit 1 when the trip is parked in NEEDS_ATTENTION again (its participant is still out)."""
+    request = trip_pb.RetryTripRequest(trip_id=args.trip_id)
+    print(f"retrying trip {args.trip_id} ...", file=sys.stderr)
+    response = _call(args.address, lambda stub: stub.RetryTrip(request, timeout=args.timeout))
+    trip: trip_pb.Trip = response.trip
+    print(cli_format.format_retry("NEEDS_ATTENTION", trip))
+    return 1 if trip.state == common_pb.TRIP_STATE_NEEDS_ATTENTION else 0
+
+
+# --- tripmesh audit ---------------------------------------------------------------------------------
+
+
+def _databases(var_dir: str) -> dict[str, str]:
+    """Where each component of a local mesh keeps its data, as `tripmesh up --var-dir` would set it up
+    (TRIPMESH_<C>_DATABASE_URL wins, as it does for the services)."""
+    plan = mesh_plan(os.environ, var_dir=var_dir)
+    ordered = sorted(plan.processes, key=lambda p: p.component.name != "coordinator")
+    return {p.component.name: p.data for p in ordered if p.component is not SMTP_SINK}
+
+
+def _describe_source(var_dir: str, databases: dict[str, str]) -> str:
+    files = [Path(data) for data in databases.values() if "://" not in data]
+    if len(files) == len(databases) and all(f.parent == Path(var_dir) for f in files):
+        return f"{var_dir.rstrip('/')}/: {', '.join(f.name for f in files)}"
+    shown = (
+        data if "://" not in data else make_url(data).render_as_string(hide_password=True)
+        for data in databases.values()
+    )
+    return ", ".join(shown)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Exit 0 when every invariant holds, 1 on any violation, 2 when the databases cannot be read."""
+    databases = _databases(args.var_dir)
+    try:
+        report = asyncio.run(audit_databases(databases))
+    except AuditSourceError as error:
+        raise CliError(f"tripmesh audit: {error}; is {args.var_dir} a mesh's var dir? (--var-dir)", code=2) from error
+    except SQLAlchemyError as error:
+        raise CliError(f"tripmesh audit: cannot read the databases: {error}", code=2) from error
+    print(cli_format.format_audit(report, _describe_source(args.var_dir, databases)))
+    return 0 if report.ok else 1
+
+
+# --- tripmesh demo ----------------------------------------------------------------------------------
+
+
+class DemoPrinter:
+    """Prints the demo as it goes (demo.DemoReporter): the report on stdout, a progress line on stderr
+    when it is a terminal."""
+
+    def __init__(self, *, progress: bool) -> None:
+        self.show_progress = progress
+        self.progress_shown = False
+
+    def starting(self, setup: demo.DemoSetup) -> None:
+        o = setup.options
+        kept = "removed after a passing run" if setup.temporary else "kept"
+        print(f"tripmesh demo: {o.trips} trips, {o.concurrency} at a time, seed {o.seed} (trip ids demo-{setup.run}-*)")
+        print(f"var dir {setup.var_dir} ({kept})")
+        print()
+        print(f"faults injected (TRIPMESH_<SERVICE>_FAULTS, TRIPMESH_FAULT_SEED={o.seed}):")
+        print(cli_format.format_faults(setup.faults))
+        print(flush=True)
+
+    def mesh_up(self, setup: demo.DemoSetup, launcher: Launcher, seconds: float) -> None:
+        pids = {c.name: c.pid for c in launcher.children}
+        endpoints = [
+            cli_format.Endpoint(p.component.name, p.address, p.data, pids[p.component.name])
+            for p in sorted(setup.plan.processes, key=lambda p: p.component.name != "coordinator")
+        ]
+        print(f"mesh up in {seconds:.1f} s (logs in {setup.log_dir}):")
+        print(cli_format.format_endpoints(endpoints))
+        print(flush=True)
+
+    def progress(self, done: int, total: int) -> None:
+        if self.show_progress:
+            print(f"\rbooking: {done}/{total} trips terminal", end="", file=sys.stderr, flush=True)
+            self.progress_shown = True
+
+    def _clear_progress(self) -> None:
+        if self.progress_shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self.progress_shown = False
+
+    def finished(self, setup: demo.DemoSetup, summary: demo.DemoSummary) -> None:
+        self._clear_progress()
+        print(f"{len(summary.results)} trips booked; all terminal after {summary.seconds:.1f} s")
+        print()
+        print(cli_format.format_demo_report(summary))
+        print(flush=True)
+
+    def keeping(self, setup: demo.DemoSetup, launcher: Launcher) -> None:
+        address = setup.coordinator.address
+        print(f"the mesh keeps running; try: tripmesh trips --address {address}   (Ctrl-C stops it)", flush=True)
+
+    def stopped(self, setup: demo.DemoSetup, codes: dict[str, int], removed: bool) -> None:
+        self._clear_progress()
+        print(f"mesh stopped ({_exit_summary(codes)})")
+        if removed:
+            print(f"var dir {setup.var_dir} removed (give --var-dir to keep one)")
+        else:
+            print(f"var dir kept: {setup.var_dir}   (tripmesh audit --var-dir {setup.var_dir})")
+
+    def failed(self, message: str) -> None:
+        self._clear_progress()
+        print(f"tripmesh demo: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    options = demo.DemoOptions(
+        trips=args.trips,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        var_dir=args.var_dir,
+        keep_running=args.keep_running,
+        timeout=args.timeout,
+        startup_timeout=args.startup_timeout,
+        stop_grace=STOP_GRACE,
+    )
+    runner = demo.DemoRun(demo.prepare(options), DemoPrinter(progress=sys.stderr.isatty()))
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        runner.stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # --- argument parsing -----------------------------------------------------------------------------
 
 
@@ -308,12 +462,64 @@ def build_parser() -> argparse.ArgumentParser:
     trip.set_defaults(handler=cmd_trip)
 
     trips = commands.add_parser("trips", help="list trips (ListTrips), newest first")
-    trips.add_argument("--state", default="", help="only trips in this state, e.g. confirmed, cancelled")
+    trips.add_argument(
+        "--state", default="", help="only trips in this state: confirmed, cancelled, needs-attention, reserving, ..."
+    )
     trips.add_argument("--customer", default="", help="only this customer's trips")
     trips.add_argument("--limit", type=_positive, default=20, help="at most this many (default 20)")
     _client_options(trips)
     trips.set_defaults(handler=cmd_trips)
+
+    retry = commands.add_parser(
+        "retry", help="send a trip parked in NEEDS_ATTENTION on again (RetryTrip) and print its outcome"
+    )
+    retry.add_argument("trip_id")
+    _client_options(retry)
+    retry.set_defaults(handler=cmd_retry)
+
+    audit = commands.add_parser(
+        "audit",
+        help="check invariants I1-I6 on a local mesh's databases, read-only (exit 1 on any violation)",
+        description="Reads the step log and every participant's database directly (SQLite files opened "
+        "read-only) and checks invariants I1-I6 of ARCHITECTURE.md: counts trips by state and "
+        "reservations by status, lists orphaned holds, exits 1 on any violation (2 if it cannot read). "
+        "Exact on a quiet mesh: a trip still in flight counts as a violation of I1.",
+    )
+    audit.add_argument(
+        "--var-dir", default=_default_var_dir(), help="the mesh's var dir (default $TRIPMESH_VAR_DIR or var)"
+    )
+    audit.set_defaults(handler=cmd_audit)
+
+    demo_cmd = commands.add_parser(
+        "demo",
+        help="start a mesh of its own with faults injected, book a mixed day of trips, print what happened",
+        description="Starts the whole mesh (free ports, a fresh temporary var dir) with fault rules in its "
+        "environment, books a seeded mix of trips that takes every compensation path (sold out, card "
+        "declined, insufficient funds, a hold expired after the commit decision) under random transient "
+        "faults, waits until each is terminal, prints the outcome per scenario and audits every "
+        "database. Exit 0 when every trip ended as expected with no orphaned hold and no violation.",
+    )
+    demo_cmd.add_argument("--trips", type=_positive, default=demo.DEFAULT_TRIPS, help="how many (default 48)")
+    demo_cmd.add_argument(
+        "--seed", type=int, default=demo.DEFAULT_SEED, help="the mix, itineraries and faults (default 2027)"
+    )
+    demo_cmd.add_argument(
+        "--concurrency", type=_positive, default=demo.DEFAULT_CONCURRENCY, help="bookings at once (default 8)"
+    )
+    demo_cmd.add_argument("--var-dir", default=None, help="use (and keep) this var dir instead of a temporary one")
+    demo_cmd.add_argument(
+        "--keep-running", action="store_true", help="leave the mesh up after the report, until Ctrl-C"
+    )
+    demo_cmd.add_argument(
+        "--timeout", type=float, default=demo.DEFAULT_TIMEOUT, help="seconds for every trip to end (default 120)"
+    )
+    demo_cmd.add_argument("--startup-timeout", type=float, default=60.0, help="seconds per tier to start (default 60)")
+    demo_cmd.set_defaults(handler=cmd_demo)
     return parser
+
+
+def _default_var_dir() -> str:
+    return os.environ.get("TRIPMESH_VAR_DIR", "var")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except CliError as error:
         print(error, file=sys.stderr)
-        return 1
+        return error.code
     return code
 
 

@@ -2,8 +2,10 @@
 
 `Launcher` is what `tripmesh up` and the end-to-end tests share. Each child is
 `sys.executable -m <module>` with its own environment, in its own process group, so a Ctrl-C at the
-terminal reaches only the launcher, which then stops the children itself: SIGTERM to every child (the
-last started first), up to `grace` seconds for all of them to exit, then SIGKILL for whoever is left.
+terminal reaches only the launcher, which then stops the children itself, in waves: the coordinator
+first (so a saga in flight finishes its calls, or stops at a step boundary, while the participants
+still answer), then the participants, then the SMTP sink (notify delivers to it until it stops). Each
+wave gets SIGTERM, up to `grace` seconds to exit, then SIGKILL for whoever is left.
 
 `mesh_plan` describes the whole mesh as `tripmesh up` starts it (the SMTP sink, the four participants,
 then the coordinator), with every address and database file taken from the same TRIPMESH_* variables
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -124,20 +126,12 @@ class Launcher:
         return [c for c in self.children if c.process.poll() is not None]
 
     def stop_all(self, *, grace: float = 10.0) -> dict[str, int]:
-        """SIGTERM every child still running (last started first), wait up to `grace` seconds for all,
-        SIGKILL the rest; return each child's exit code (negative: killed by that signal)."""
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in reversed(self.children):
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"tripmesh: {child.name} (pid {child.pid}) ignored SIGTERM; killing it", file=sys.stderr)
-                child.process.kill()
-                child.process.wait()
+        """Stop every child still running, wave by wave (`stop_waves`: the coordinator, then the
+        participants, then the SMTP sink): SIGTERM the wave, wait up to `grace` seconds for it, SIGKILL
+        whoever is left, then the next wave. Return each child's exit code (negative: killed by that
+        signal), in start order."""
+        for wave in stop_waves(self.children):
+            self._stop_wave(wave, grace)
         codes = {c.name: c.process.returncode for c in self.children}
         for child in self.children:
             if child.log_file is not None:
@@ -145,11 +139,62 @@ class Launcher:
         self.children.clear()
         return codes
 
+    @staticmethod
+    def _stop_wave(wave: list[Child], grace: float) -> None:
+        for child in wave:
+            if child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in wave:
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"tripmesh: {child.name} (pid {child.pid}) ignored SIGTERM; killing it", file=sys.stderr)
+                child.process.kill()
+                child.process.wait()
+
     def __enter__(self) -> Launcher:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop_all()
+
+
+def stop_waves(children: Sequence[Child]) -> list[list[Child]]:
+    """The order to stop children in: the coordinator (by module) first, the SMTP sink last, everyone
+    else (the participants, or any other child) in between; within a wave the last started first.
+    Empty waves are left out."""
+
+    def rank(child: Child) -> int:
+        if child.module == COORDINATOR.module:
+            return 0
+        if child.module == SMTP_SINK.module:
+            return 2
+        return 1
+
+    newest_first = list(reversed(children))
+    waves = [[c for c in newest_first if rank(c) == r] for r in range(3)]
+    return [wave for wave in waves if wave]
+
+
+def free_ports(count: int, *, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
+    """`count` distinct ports the kernel says are free now (bound to port 0 together, then released),
+    none of them in `avoid` (say, the documented defaults a developer's own mesh may hold)."""
+    skip = set(avoid)
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            sock = socket.socket()
+            sock.bind((host, 0))
+            if sock.getsockname()[1] in skip:
+                sock.close()
+                continue
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def port_in_use(address: str) -> bool:
@@ -245,3 +290,21 @@ def mesh_plan(environ: Mapping[str, str], *, var_dir: str, json_logs: bool = Fal
     env["TRIPMESH_NOTIFY_SMTP_HOST"] = environ.get("TRIPMESH_NOTIFY_SMTP_HOST", sink_host)
     env["TRIPMESH_NOTIFY_SMTP_PORT"] = environ.get("TRIPMESH_NOTIFY_SMTP_PORT", str(sink_port))
     return MeshPlan(env=env, processes=processes)
+
+
+def start_mesh(
+    launcher: Launcher,
+    plan: MeshPlan,
+    *,
+    timeout: float,
+    cancel: threading.Event | None = None,
+    on_start: Callable[[PlannedProcess, int], None] | None = None,
+) -> None:
+    """Start the plan's processes tier by tier (the sink, the participants, the coordinator), each tier
+    healthy before the next starts; `on_start(process, pid)` is told of each start. Raises LaunchError."""
+    for tier in plan.tiers():
+        for process in tier:
+            child = launcher.start(process.component.name, process.component.module, plan.env, probe=process.probe)
+            if on_start is not None:
+                on_start(process, child.pid)
+        launcher.wait_healthy(*(p.component.name for p in tier), timeout=timeout, cancel=cancel)
