@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coordinator import demo
+from coordinator.audit import AuditReport, Orphan
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 
@@ -157,6 +160,8 @@ def format_trip(trip: trip_pb.Trip) -> str:
 
 
 def format_trips(trips: Sequence[trip_pb.Trip]) -> str:
+    """The table `tripmesh trips` prints; trips waiting in NEEDS_ATTENTION get the step that is stuck
+    and a hint on how to send them on again."""
     if not trips:
         return "(no trips)"
     rows = [
@@ -171,7 +176,37 @@ def format_trips(trips: Sequence[trip_pb.Trip]) -> str:
         ]
         for t in trips
     ]
-    return format_table(("trip", "state", "customer", "total", "steps", "created", "reason"), rows, right=(3, 4))
+    table = format_table(("trip", "state", "customer", "total", "steps", "created", "reason"), rows, right=(3, 4))
+    stuck = [t for t in trips if t.state == common_pb.TRIP_STATE_NEEDS_ATTENTION]
+    if not stuck:
+        return table
+    lines = [table, ""]
+    for trip in stuck:
+        failed = ", ".join(s.name for s in trip.steps if s.status == trip_pb.STEP_STATUS_FAILED) or "-"
+        lines.append(f"{trip.trip_id} is stuck at {failed} (since {format_time(trip.update_time)})")
+    some = "it" if len(stuck) == 1 else "one"
+    lines.append(
+        f"{_count(len(stuck), 'trip')} {'needs' if len(stuck) == 1 else 'need'} attention: once the failing "
+        f"participant is back, `tripmesh retry TRIP_ID` sends {some} on again"
+    )
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 trip', '3 trips'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def format_retry(before: str, trip: trip_pb.Trip) -> str:
+    """What `tripmesh retry` prints: where the trip went, then the whole trip."""
+    after = trip_state(trip.state)
+    if trip.state == common_pb.TRIP_STATE_NEEDS_ATTENTION:
+        headline = f"retried {trip.trip_id}: still {after}; the failing participant is not back yet"
+    elif trip.state in (common_pb.TRIP_STATE_CONFIRMED, common_pb.TRIP_STATE_CANCELLED):
+        headline = f"retried {trip.trip_id}: {before} -> {after}"
+    else:
+        headline = f"retried {trip.trip_id}: {after} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+    return f"{headline}\n\n{format_trip(trip)}"
 
 
 @dataclass(frozen=True)
@@ -195,3 +230,203 @@ def format_rpc_error(code: str, message: str, *, reason: str = "", violations: S
         lines.append(f"  reason: {reason}")
     lines.extend(f"  {field}: {description}" for field, description in violations)
     return "\n".join(lines)
+
+
+# --- tripmesh audit -------------------------------------------------------------------------------
+
+KNOWN_STATES = ("CONFIRMED", "CANCELLED", "NEEDS_ATTENTION", "PENDING", "RESERVING", "CONFIRMING", "COMPENSATING")
+KNOWN_STATUSES = ("HELD", "CONFIRMED", "CANCELLED", "EXPIRED")
+
+
+def _ordered(found: Iterable[str], known: Sequence[str]) -> list[str]:
+    present = set(found)
+    return [k for k in known if k in present] + sorted(present - set(known))
+
+
+def format_trip_counts(by_state: dict[str, int]) -> str:
+    """'48 trips: 24 CONFIRMED, 24 CANCELLED' (states in saga order)."""
+    total = sum(by_state.values())
+    parts = ", ".join(f"{by_state[s]} {s}" for s in _ordered(by_state, KNOWN_STATES))
+    return f"{_count(total, 'trip')}: {parts}" if parts else "0 trips"
+
+
+def format_holds(holds: dict[str, dict[str, int]]) -> str:
+    """Reservations by participant and status, as each participant's database has them."""
+    statuses = _ordered((s for counts in holds.values() for s in counts), KNOWN_STATUSES)
+    for status in ("HELD", "CONFIRMED"):
+        if status not in statuses:
+            statuses.insert(0 if status == "HELD" else 1, status)
+    rows = [
+        [name, *(str(counts.get(s, 0)) for s in statuses), str(sum(counts.values()))] for name, counts in holds.items()
+    ]
+    return format_table(("participant", *statuses, "total"), rows, right=range(1, len(statuses) + 2))
+
+
+def format_orphans(orphans: Sequence[Orphan], *, limit: int = 20) -> str:
+    rows = [[o.participant, o.reservation_id, o.status, o.trip_state] for o in orphans[:limit]]
+    table = format_table(("participant", "reservation", "status", "trip"), rows)
+    more = f"\n... and {len(orphans) - limit} more" if len(orphans) > limit else ""
+    return table + more
+
+
+def format_audit(report: AuditReport, source: str) -> str:
+    """What `tripmesh audit` prints: counts, the orphaned holds, then a verdict and every violation."""
+    reservations = sum(sum(c.values()) for c in report.holds.values())
+    lines = [
+        f"audit (read-only) of {source}",
+        "",
+        format_trip_counts(report.trips_by_state),
+        "",
+        format_holds(report.holds),
+        "",
+        f"orphaned holds: {report.orphaned_holds}",
+    ]
+    if report.orphans:
+        lines.append(format_orphans(report.orphans))
+    lines.append("")
+    if report.ok:
+        lines.append(
+            f"OK    no violation of I1-I6 ({_count(report.trips, 'trip')}, {_count(reservations, 'reservation')})"
+        )
+    else:
+        lines.append(f"FAIL  {_count(len(report.violations), 'violation')} of I1-I6:")
+        lines.extend(f"  {v}" for v in report.violations)
+    return "\n".join(lines)
+
+
+# --- tripmesh demo --------------------------------------------------------------------------------
+
+PATH_LABELS = {
+    demo.PATH_NONE: "none",
+    demo.PATH_FLIGHT: "flight only",
+    demo.PATH_HOTEL: "hotel only",
+    demo.PATH_FLIGHT_HOTEL: "flight + hotel",
+    demo.PATH_FULL: "full chain",
+}
+
+
+def describe_fault(rule: dict[str, Any]) -> str:
+    """One fault rule (services/kit/faults.py) for people: '15% UNAVAILABLE', '+30 ms', ..."""
+    parts = []
+    if rule.get("latency_ms"):
+        parts.append(f"+{rule['latency_ms']:g} ms")
+    failing = any(k in rule for k in ("error_rate", "code", "reason")) or not rule.get("latency_ms")
+    if failing:
+        default_rate = 1.0 if "match" in rule or "outage" in rule else 0.0
+        rate = float(rule.get("error_rate", default_rate))
+        error = "/".join(x for x in (rule.get("code", "UNAVAILABLE"), rule.get("reason")) if x)
+        text = error if rate >= 1.0 else f"{rate:.0%} {error}"
+        if rule.get("when") == "after":
+            text += " after the call took effect (a lost reply)"
+        parts.append(text)
+    if "match" in rule:
+        parts.append(f"for requests containing {rule['match']!r}")
+    if "outage" in rule:
+        start, end = rule["outage"]
+        parts.append(f"from {start:g} s to {end:g} s after start")
+    return " ".join(parts)
+
+
+def format_faults(faults: dict[str, list[dict[str, Any]]]) -> str:
+    rows = [[service, rule["method"], describe_fault(rule)] for service, rules in faults.items() for rule in rules]
+    return format_table(("service", "method", "fault"), rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _undone(row: demo.ScenarioRow) -> str:
+    return " | ".join(PATH_LABELS.get(path, path) for path, _ in row.paths.most_common()) or "-"
+
+
+SCENARIO_HEADERS = (
+    "scenario",
+    "trips",
+    "CONFIRMED",
+    "CANCELLED",
+    "NEEDS_ATTENTION",
+    "undone",
+    "retried",
+    "p50 ms",
+    "p95 ms",
+    "as expected",
+)
+
+
+def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> list[str]:
+    return [
+        row.title,
+        str(row.trips),
+        str(row.states.get("CONFIRMED", 0)),
+        str(row.states.get("CANCELLED", 0)),
+        str(row.states.get("NEEDS_ATTENTION", 0)),
+        undone,
+        str(row.retries),
+        _ms(row.median_ms),
+        _ms(row.p95_ms),
+        expected,
+    ]
+
+
+def format_demo_scenarios(summary: demo.DemoSummary) -> str:
+    """The outcome table: one line per scenario, then all of them. 'undone' is the compensation path,
+    'retried' the calls sent again after a transient fault or a lost reply, latency from acceptance to
+    the terminal state."""
+    rows = []
+    for row in summary.rows:
+        good = row.trips - row.surprises
+        expected = f"{good}/{row.trips}" + ("" if good == row.trips else "  <--")
+        rows.append(_scenario_cells(row, expected=expected, undone=_undone(row)))
+    total = summary.total
+    rows.append(_scenario_cells(total, expected=f"{total.trips - total.surprises}/{total.trips}", undone=""))
+    return format_table(SCENARIO_HEADERS, rows, right=(1, 2, 3, 4, 6, 7, 8, 9))
+
+
+def format_demo_paths(summary: demo.DemoSummary) -> str:
+    """Each compensation path seen: how many trips took it, and the cancel steps it ran, in order."""
+    rows = [[PATH_LABELS.get(p.path, p.path), str(p.trips), p.steps] for p in summary.paths]
+    return format_table(("compensation path", "trips", "steps run (in parallel: a+b)"), rows, right=(1,))
+
+
+def format_demo_surprises(summary: demo.DemoSummary, *, limit: int = 10) -> str:
+    rows = [
+        [r.planned.trip_id, f"{r.planned.scenario.expect}/{r.planned.scenario.path}", f"{r.state}/{r.path}", reason]
+        for r in summary.surprises[:limit]
+        for reason in [r.error or (r.trip.failure_reason if r.trip is not None else "")]
+    ]
+    return format_table(("trip", "expected", "got", "reason"), rows)
+
+
+def format_audit_line(report: AuditReport) -> str:
+    """The demo's audit in one line."""
+    return (
+        f"audit: {format_trip_counts(report.trips_by_state)}; "
+        f"{_count(len(report.violations), 'violation')}, {_count(report.orphaned_holds, 'orphaned hold')}"
+    )
+
+
+def format_demo_verdict(summary: demo.DemoSummary) -> str:
+    """One line: PASS or FAIL, and why."""
+    total = summary.total
+    if summary.ok:
+        paths = len(summary.paths_seen)
+        return (
+            f"PASS  {total.trips}/{total.trips} trips ended as their scenario expects, "
+            f"{paths} compensation paths ran, 0 orphaned holds, 0 violations"
+        )
+    return "FAIL  " + "; ".join(summary.problems)
+
+
+def format_demo_report(summary: demo.DemoSummary) -> str:
+    """Everything the demo prints once every trip is terminal."""
+    parts = [format_demo_scenarios(summary), format_demo_paths(summary)]
+    if summary.surprises:
+        parts.append("trips that did not end as expected:\n" + format_demo_surprises(summary))
+    parts.append(format_audit_line(summary.audit))
+    if summary.audit.orphans:
+        parts.append(format_orphans(summary.audit.orphans))
+    if summary.audit.violations:
+        parts.append("\n".join(f"  {v}" for v in summary.audit.violations[:20]))
+    parts.append(format_demo_verdict(summary))
+    return "\n\n".join(parts)

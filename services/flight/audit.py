@@ -36,15 +36,16 @@ async def check_conservation(engine: AsyncEngine) -> list[str]:
                 continue
             key = (flight_id, details["cabin"])
             if key not in known:
-                problems.append(f"{reservation.reservation_id} holds seats on unknown cabin {key}")
+                problems.append(f"{reservation.reservation_id} holds seats on unknown cabin {' '.join(key)}")
             expected[reservation.status][key] += int(details["passenger_count"])
     for c in cabins:
         key = (c.flight_id, c.cabin)
+        where = f"{c.flight_id} {c.cabin}"
         if c.held < 0 or c.confirmed < 0 or c.held + c.confirmed > c.capacity:
-            problems.append(f"{key}: held {c.held} + confirmed {c.confirmed} outside 0..{c.capacity}")
+            problems.append(f"{where}: held {c.held} + confirmed {c.confirmed} outside 0..{c.capacity}")
         held, confirmed = expected["HELD"][key], expected["CONFIRMED"][key]
         if c.held != held:
-            problems.append(f"{key}: held {c.held} but HELD reservations hold {held}")
+            problems.append(f"{where}: held {c.held} but HELD reservations hold {held}")
         if c.confirmed != confirmed:
-            problems.append(f"{key}: confirmed {c.confirmed} but CONFIRMED reservations hold {confirmed}")
+            problems.append(f"{where}: confirmed {c.confirmed} but CONFIRMED reservations hold {confirmed}")
     return problems

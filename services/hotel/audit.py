@@ -38,16 +38,23 @@ async def check_conservation(engine: AsyncEngine) -> list[str]:
         while night < check_out:
             key = (details["hotel_id"], details["room_type"], night)
             if key not in known:
-                problems.append(f"{reservation.reservation_id} holds rooms on unknown room-night {key}")
+                problems.append(f"{reservation.reservation_id} holds rooms on unknown room-night {_name(key)}")
             expected[reservation.status][key] += int(details["room_count"])
             night += timedelta(days=1)
     for n in nights:
         key = (n.hotel_id, n.room_type, n.night)
+        where = _name(key)
         if n.held < 0 or n.confirmed < 0 or n.held + n.confirmed > n.capacity:
-            problems.append(f"{key}: held {n.held} + confirmed {n.confirmed} outside 0..{n.capacity}")
+            problems.append(f"{where}: held {n.held} + confirmed {n.confirmed} outside 0..{n.capacity}")
         held, confirmed = expected["HELD"][key], expected["CONFIRMED"][key]
         if n.held != held:
-            problems.append(f"{key}: held {n.held} but HELD reservations hold {held}")
+            problems.append(f"{where}: held {n.held} but HELD reservations hold {held}")
         if n.confirmed != confirmed:
-            problems.append(f"{key}: confirmed {n.confirmed} but CONFIRMED reservations hold {confirmed}")
+            problems.append(f"{where}: confirmed {n.confirmed} but CONFIRMED reservations hold {confirmed}")
     return problems
+
+
+def _name(key: tuple[str, str, date]) -> str:
+    """('lis-alfama', 'SUITE', date(2027, 3, 15)) -> 'lis-alfama SUITE night of 2027-03-15'."""
+    hotel_id, room_type, night = key
+    return f"{hotel_id} {room_type} night of {night.isoformat()}"
