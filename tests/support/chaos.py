@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import email
+import functools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -49,6 +51,18 @@ PREFIXES = {name: name.upper().replace("-", "_") for name in MODULES}
 TERMINAL = frozenset(
     {common_pb.TRIP_STATE_CONFIRMED, common_pb.TRIP_STATE_CANCELLED, common_pb.TRIP_STATE_NEEDS_ATTENTION}
 )
+
+
+SEED_VAR = "TRIPMESH_CHAOS_SEED"
+# Lines the chaos tests want in the terminal summary (tests/chaos/conftest.py prints them).
+REPORT: list[str] = []
+
+
+@functools.cache
+def chaos_seed() -> int:
+    """TRIPMESH_CHAOS_SEED, or a fresh random seed for this session (printed in the report header)."""
+    text = os.environ.get(SEED_VAR, "").strip()
+    return int(text) if text else random.SystemRandom().randrange(2**32)
 
 
 def state_name(state: int) -> str:
@@ -361,15 +375,24 @@ def ledger_problems(ledger: Mapping[str, Counter[str]]) -> list[str]:
     return problems
 
 
-def mails_by_trip(directory: Path) -> Counter[str]:
-    """How many delivered e-mails name each trip (the subject is 'Your trip <trip id> is booked')."""
-    found: Counter[str] = Counter()
+def mail_ids_by_trip(directory: Path) -> dict[str, list[str]]:
+    """The Message-ID of every delivered e-mail, by the trip its subject names ('Your trip <id> is booked').
+
+    Delivery is at least once (the outbox sends, then marks SENT): a notify process killed in between
+    sends again after its restart, under the same Message-ID, derived from the reservation id.
+    """
+    found: dict[str, list[str]] = {}
     for path in directory.glob("*.eml"):
-        subject = str(email.message_from_bytes(path.read_bytes())["Subject"] or "")
-        words = subject.split()
+        message = email.message_from_bytes(path.read_bytes())
+        words = str(message["Subject"] or "").split()
         if len(words) >= 3 and words[:2] == ["Your", "trip"]:
-            found[words[2]] += 1
+            found.setdefault(words[2], []).append(str(message["Message-ID"]))
     return found
+
+
+def mails_by_trip(directory: Path) -> Counter[str]:
+    """How many e-mails were delivered about each trip."""
+    return Counter({trip_id: len(ids) for trip_id, ids in mail_ids_by_trip(directory).items()})
 
 
 @contextlib.contextmanager
