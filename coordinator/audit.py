@@ -210,7 +210,10 @@ def readonly_url(data: str) -> str:
 
     `data` is a SQLite file path or any SQLAlchemy URL. SQLite files (a path, or a sqlite URL) are
     opened with `mode=ro`, so the audit can never write, and a missing file is an error rather than a
-    new empty database. Other URLs (PostgreSQL) are used as given: the audit only ever SELECTs.
+    new empty database. A file nobody has open (no `-wal` or `-journal` next to it: the mesh is
+    stopped) is opened `immutable` as well, so reading it leaves no `-wal`/`-shm` behind and works in
+    a directory the auditor cannot write. Other URLs (PostgreSQL) are used as given: the audit only
+    ever SELECTs.
     """
     if "://" not in data:
         path = Path(data)
@@ -223,7 +226,9 @@ def readonly_url(data: str) -> str:
         path = Path(url.database)
     if not path.is_file():
         raise AuditSourceError(f"no database at {path}")
-    return f"sqlite+aiosqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    in_use = any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-journal"))
+    immutable = "" if in_use else "&immutable=1"
+    return f"sqlite+aiosqlite:///file:{path.resolve()}?mode=ro{immutable}&uri=true"
 
 
 @contextlib.asynccontextmanager
@@ -243,5 +248,5 @@ async def audit_databases(databases: Mapping[str, str]) -> AuditReport:
     if "coordinator" not in databases:
         raise AuditSourceError("no coordinator database given")
     async with open_readonly(databases) as engines:
-        coordinator = engines.pop("coordinator")
-        return await audit(coordinator, engines)
+        participants = {name: engine for name, engine in engines.items() if name != "coordinator"}
+        return await audit(engines["coordinator"], participants)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from coordinator import cli, cli_format
+from coordinator import cli, cli_format, demo
+from coordinator.audit import AuditReport, Orphan
+from coordinator.demo import TripResult
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -275,3 +278,238 @@ def test_book_refuses_unknown_names_and_a_hotel_without_dates() -> None:
         cli.build_book_request(parse(*BOOK, "--cabin", "unspecified"))
     with pytest.raises(cli.CliError, match="--hotel needs --check-in and --check-out"):
         cli.build_book_request(parse(*BOOK, "--hotel", "lis-alfama"))
+
+
+def test_parsing_retry_audit_and_a_needs_attention_filter() -> None:
+    assert parse("retry", "trip-7").trip_id == "trip-7"
+    assert parse("trips", "--state", "needs-attention").state == "needs-attention"
+    assert cli._enum_name(common_pb.TripState.keys(), "TRIP_STATE_", "needs-attention") == "TRIP_STATE_NEEDS_ATTENTION"
+    assert parse("audit", "--var-dir", "elsewhere").var_dir == "elsewhere"
+    demo_args = parse("demo", "--trips", "24", "--seed", "7", "--keep-running")
+    assert (demo_args.trips, demo_args.seed, demo_args.keep_running, demo_args.var_dir) == (24, 7, True, None)
+    with pytest.raises(SystemExit):
+        parse("demo", "--trips", "0")
+
+
+# --- trips waiting for an operator, and `tripmesh retry` ------------------------------------------------
+
+
+def stuck_trip() -> trip_pb.Trip:
+    return trip_pb.Trip(
+        trip_id="trip-3",
+        state=common_pb.TRIP_STATE_NEEDS_ATTENTION,
+        customer_id="cust-ada",
+        total=eur(39600),
+        failure_reason="payment.reserve was refused; compensation failed: hotel.cancel kept failing (UNAVAILABLE)",
+        create_time=ts(T0),
+        update_time=ts(T0 + 30),
+        steps=[
+            step("flight.cancel", trip_pb.STEP_STATUS_SUCCEEDED, 70, 80),
+            step("hotel.cancel", trip_pb.STEP_STATUS_FAILED, 70, 900, attempts=30, error_code="UNAVAILABLE"),
+        ],
+    )
+
+
+def test_trips_needing_attention_show_the_reason_the_stuck_step_and_how_to_retry() -> None:
+    lines = cli_format.format_trips([stuck_trip()]).splitlines()
+    assert lines[0].split() == ["trip", "state", "customer", "total", "steps", "created", "reason"]
+    assert lines[1].startswith("trip-3  NEEDS_ATTENTION  cust-ada  396.00 EUR      2  2030-03-17T17:46:40Z  payment")
+    assert lines[1].endswith("compensation failed: hotel.cancel kept failing (UNAVAILABLE)")
+    assert lines[2:] == [
+        "",
+        "trip-3 is stuck at hotel.cancel (since 2030-03-17T17:47:10Z)",
+        "1 trip needs attention: once the failing participant is back, `tripmesh retry TRIP_ID` sends it on again",
+    ]
+    two = cli_format.format_trips([stuck_trip(), stuck_trip()])
+    assert two.endswith("2 trips need attention: once the failing participant is back, `tripmesh retry TRIP_ID` "
+                        "sends one on again")  # fmt: skip
+    assert "attention" not in cli_format.format_trips([cancelled_trip()])
+
+
+def test_retry_says_where_the_trip_went_then_shows_it() -> None:
+    done = cancelled_trip()
+    text = cli_format.format_retry("NEEDS_ATTENTION", done)
+    assert text.startswith("retried trip-1: NEEDS_ATTENTION -> CANCELLED\n\ntrip      trip-1\n")
+    assert text.endswith(cli_format.format_steps(done))
+    assert cli_format.format_retry("NEEDS_ATTENTION", stuck_trip()).splitlines()[0] == (
+        "retried trip-3: still NEEDS_ATTENTION; the failing participant is not back yet"
+    )
+    going = trip_pb.Trip(trip_id="trip-4", state=common_pb.TRIP_STATE_COMPENSATING)
+    assert cli_format.format_retry("NEEDS_ATTENTION", going).splitlines()[0] == (
+        "retried trip-4: COMPENSATING (still going; `tripmesh trip trip-4` shows how it ends)"
+    )
+
+
+# --- tripmesh audit -------------------------------------------------------------------------------------
+
+
+def clean_report() -> AuditReport:
+    return AuditReport(
+        violations=[],
+        trips_by_state={"CANCELLED": 2, "CONFIRMED": 3},
+        holds={
+            "flight": {"CONFIRMED": 3, "CANCELLED": 2},
+            "hotel": {"CONFIRMED": 2, "CANCELLED": 1, "EXPIRED": 1},
+            "payment": {"CONFIRMED": 3},
+        },
+    )
+
+
+def test_audit_of_a_clean_mesh_counts_trips_and_reservations() -> None:
+    assert cli_format.format_audit(clean_report(), "var/: coordinator.db, flight.db").splitlines() == [
+        "audit (read-only) of var/: coordinator.db, flight.db",
+        "",
+        "5 trips: 3 CONFIRMED, 2 CANCELLED",
+        "",
+        "participant  HELD  CONFIRMED  CANCELLED  EXPIRED  total",
+        "flight          0          3          2        0      5",
+        "hotel           0          2          1        1      4",
+        "payment         0          3          0        0      3",
+        "",
+        "orphaned holds: 0",
+        "",
+        "OK    no violation of I1-I6 (5 trips, 12 reservations)",
+    ]
+
+
+def test_audit_names_every_orphan_and_violation() -> None:
+    report = AuditReport(
+        violations=["I3: cancelled trip t-1 still has hotel HELD", "I4: hotel still HELD t-1/hotel for CANCELLED trip"],
+        trips_by_state={"CANCELLED": 1},
+        holds={"hotel": {"HELD": 1}},
+        orphans=[Orphan("hotel", "t-1/hotel", "HELD", "CANCELLED")],
+    )
+    text = cli_format.format_audit(report, "var/")
+    assert (
+        "orphaned holds: 1\nparticipant  reservation  status  trip\nhotel        t-1/hotel    HELD    CANCELLED" in text
+    )
+    assert text.endswith(
+        "FAIL  2 violations of I1-I6:\n"
+        "  I3: cancelled trip t-1 still has hotel HELD\n"
+        "  I4: hotel still HELD t-1/hotel for CANCELLED trip"
+    )
+    assert cli_format.format_audit_line(report) == "audit: 1 trip: 1 CANCELLED; 2 violations, 1 orphaned hold"
+
+
+def test_audit_of_an_empty_mesh() -> None:
+    empty = AuditReport(violations=[], trips_by_state={}, holds={"flight": {}})
+    lines = cli_format.format_audit(empty, "var/").splitlines()
+    assert lines[2] == "0 trips"
+    assert lines[4:6] == ["participant  HELD  CONFIRMED  total", "flight          0          0      0"]
+
+
+# --- tripmesh demo --------------------------------------------------------------------------------------
+
+
+def test_fault_rules_read_as_sentences() -> None:
+    describe = cli_format.describe_fault
+    assert describe({"method": "Reserve", "latency_ms": 30}) == "+30 ms"
+    assert describe({"method": "Reserve", "error_rate": 0.15}) == "15% UNAVAILABLE"
+    assert describe({"method": "Cancel", "error_rate": 0.05, "when": "after"}) == (
+        "5% UNAVAILABLE after the call took effect (a lost reply)"
+    )
+    assert describe({"method": "Confirm", "match": "-x/", "code": "FAILED_PRECONDITION", "reason": "HOLD_EXPIRED"}) == (
+        "FAILED_PRECONDITION/HOLD_EXPIRED for requests containing '-x/'"
+    )
+    assert describe({"method": "*", "outage": [5, 10], "latency_ms": 100, "error_rate": 0.5}) == (
+        "+100 ms 50% UNAVAILABLE from 5 s to 10 s after start"
+    )
+    table = cli_format.format_faults({"hotel": [{"method": "Reserve", "latency_ms": 30}], "payment": []})
+    assert table.splitlines() == ["service  method   fault", "hotel    Reserve  +30 ms"]
+
+
+SCENARIO = {s.key: s for s in demo.SCENARIOS}
+
+
+def demo_trip(
+    key: str, number: int, state: str, cancelled: tuple[str, ...], millis: int, retries: int = 0
+) -> TripResult:
+    """A finished demo trip: `cancelled` names the participants whose cancel ran; it took `millis`."""
+    steps = [
+        trip_pb.TripStep(name=f"{p}.cancel", participant=p, action=trip_pb.STEP_ACTION_CANCEL, attempts=1)
+        for p in cancelled
+    ]
+    steps.insert(0, trip_pb.TripStep(name="flight.reserve", participant="flight", attempts=1 + retries))
+    trip = trip_pb.Trip(
+        trip_id=f"demo-ab12-{number:03d}-{key}",
+        state=common_pb.TripState.Value(f"TRIP_STATE_{state}"),
+        create_time=ts(T0),
+        update_time=ts(T0, millis),
+        steps=steps,
+    )
+    planned = demo.PlannedTrip(SCENARIO[key], trip_pb.BookTripRequest(trip_id=trip.trip_id))
+    return TripResult(planned, trip)
+
+
+FULL = ("payment", "notify", "flight", "hotel")
+
+
+def demo_summary(*extra: TripResult, orphans: list[Orphan] | None = None) -> demo.DemoSummary:
+    results = [
+        demo_trip("round-trip", 1, "CONFIRMED", (), 400, retries=2),
+        demo_trip("round-trip", 2, "CONFIRMED", (), 600),
+        demo_trip("hotel-sold-out", 3, "CANCELLED", ("flight",), 180, retries=1),
+        demo_trip("card-declined", 4, "CANCELLED", ("notify", "flight", "hotel"), 300),
+        demo_trip("hotel-hold-expired", 5, "CANCELLED", FULL, 520),
+        *extra,
+    ]
+    violations = [f"I4: {o.participant} still HELD {o.reservation_id} for CANCELLED trip" for o in orphans or []]
+    report = AuditReport(
+        violations=violations,
+        trips_by_state=dict(Counter(r.state for r in results)),
+        holds={},
+        orphans=orphans or [],
+    )
+    return demo.summarize(results, report, seconds=2.5)
+
+
+def test_demo_scenario_table_counts_outcomes_paths_retries_and_latency() -> None:
+    assert cli_format.format_demo_scenarios(demo_summary()).splitlines() == [
+        "scenario                       trips  CONFIRMED  CANCELLED  NEEDS_ATTENTION  undone          retried  p50 ms"
+        "  p95 ms  as expected",
+        "round trip + hotel                 2          2          0                0  none                  2     500"
+        "     600          2/2",
+        "hotel sold out (3 suites)          1          0          1                0  flight only           1     180"
+        "     180          1/1",
+        "card declined                      1          0          1                0  flight + hotel        0     300"
+        "     300          1/1",
+        "hotel hold expired at confirm      1          0          1                0  full chain            0     520"
+        "     520          1/1",
+        "all                                5          2          3                0                        3     400"
+        "     600          5/5",
+    ]
+
+
+def test_demo_paths_table_and_a_passing_verdict() -> None:
+    summary = demo_summary()
+    assert cli_format.format_demo_paths(summary).splitlines() == [
+        "compensation path  trips  steps run (in parallel: a+b)",
+        "none                   2  -",
+        "flight only            1  flight",
+        "flight + hotel         1  notify, then flight+hotel",
+        "full chain             1  payment+notify, then flight+hotel",
+    ]
+    assert summary.ok
+    assert cli_format.format_demo_verdict(summary) == (
+        "PASS  5/5 trips ended as their scenario expects, 4 compensation paths ran, 0 orphaned holds, 0 violations"
+    )
+    report = cli_format.format_demo_report(summary)
+    assert "audit: 5 trips: 2 CONFIRMED, 3 CANCELLED; 0 violations, 0 orphaned holds" in report
+    assert report.endswith(cli_format.format_demo_verdict(summary))
+
+
+def test_demo_verdict_fails_on_a_surprise_or_an_orphan_and_says_which() -> None:
+    wrong = demo_trip("card-declined", 6, "CONFIRMED", (), 250)
+    orphan = Orphan("hotel", "demo-ab12-004-card-declined/hotel", "HELD", "CANCELLED")
+    summary = demo_summary(wrong, orphans=[orphan])
+    assert not summary.ok
+    assert cli_format.format_demo_verdict(summary) == (
+        "FAIL  1 of 2 'card declined' trips did not end as expected; 1 orphaned holds; 1 invariant violations"
+    )
+    table = cli_format.format_demo_scenarios(summary)
+    assert "card declined                      2          1          1                0  flight + hotel | none" in table
+    assert table.splitlines()[3].endswith("1/2  <--")
+    report = cli_format.format_demo_report(summary)
+    assert "trips that did not end as expected:\ntrip" in report
+    assert "demo-ab12-006-card-declined  CANCELLED/flight+hotel  CONFIRMED/none" in report
+    assert "hotel        demo-ab12-004-card-declined/hotel  HELD    CANCELLED" in report
