@@ -151,6 +151,7 @@ class PlannedTrip:
     kind: str
     request: trip_pb.BookTripRequest
     start_at: float  # seconds after the booking starts
+    deadline: float  # of each BookTrip call; a short one is answered before the trip is terminal
     calls: int = 0
     accepted: bool = False
     answered: int | None = None  # the state in the first OK answer
@@ -208,7 +209,15 @@ def plan_trips(rng: random.Random) -> list[PlannedTrip]:
     kinds = rng.choices(list(MIX), list(MIX.values()), k=TRIPS)
     for kind in MIX:  # at least a few of each
         kinds[rng.randrange(TRIPS)] = kind
-    return [PlannedTrip(kind, plan_trip(rng, i, kind), rng.uniform(0, BOOKING_WINDOW)) for i, kind in enumerate(kinds)]
+    return [
+        PlannedTrip(
+            kind,
+            plan_trip(rng, i, kind),
+            start_at=rng.uniform(0, BOOKING_WINDOW),
+            deadline=rng.choice([4.0, 4.0, 4.0, rng.uniform(0.1, 1.0)]),
+        )
+        for i, kind in enumerate(kinds)
+    ]
 
 
 def spread(rng: random.Random, count: int, start: float, end: float, gap: float) -> list[float]:
@@ -261,7 +270,7 @@ async def client(stub: trip_grpc.TripCoordinatorStub, trip: PlannedTrip, begin: 
     while loop.time() < give_up:
         trip.calls += 1
         try:
-            reply = await stub.BookTrip(trip.request, timeout=4.0)
+            reply = await stub.BookTrip(trip.request, timeout=trip.deadline)
         except grpc.aio.AioRpcError as error:
             if error.code() not in RETRYABLE:
                 trip.error = f"{error.code().name}: {error.details()}"
@@ -441,8 +450,10 @@ async def test_chaos(mesh: ProcessMesh) -> None:
     mixed = {i: ids for i, ids in mail_ids.items() if len(set(ids)) != 1}
     assert not mixed, f"{tag} different Message-IDs for one trip: {mixed}"
     assert drained and not unmailed, f"{tag} confirmed notifications never delivered: {unmailed}"
+    # Chaos may cancel a bookable trip (a reserve budget spent while a participant restarts, a hold that
+    # expires while the coordinator is down), but not most of them: that would be a broken mesh.
     confirmed_ok = outcome["ok", "CONFIRMED"] + outcome["slow-hotel", "CONFIRMED"]
-    assert confirmed_ok >= 0.5 * sum(1 for t in trips if t.kind in ("ok", "slow-hotel")), f"{tag} {outcome}"
+    assert confirmed_ok >= 0.4 * sum(1 for t in trips if t.kind in ("ok", "slow-hotel")), f"{tag} {outcome}"
 
 
 async def _no_holds(mesh: ProcessMesh) -> bool:
