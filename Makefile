@@ -4,6 +4,8 @@
 #                  or setup.py change
 #   make protos    the tripmesh.v1 stubs (git-ignored), regenerated when a .proto changes
 #   make run       venv + protos, then `tripmesh up` (ARGS="--json-logs" to pass options)
+#   make demo      venv + protos, then `tripmesh demo`: a fault-injected mix of trips on a mesh of its
+#                  own (ARGS="--trips 100 --seed 1" to pass options)
 #   make test      lint, typecheck, buf-lint, then pytest
 #   make fmt       ruff format + ruff's safe fixes
 #   make clean     removes var/ and the generated stubs (not .venv)
@@ -26,7 +28,7 @@ STUBS := $(foreach p,$(PROTOS:.proto=),$(p)_pb2.py $(p)_pb2.pyi $(p)_pb2_grpc.py
 MISSING_STUBS := $(filter-out $(wildcard $(STUBS)),$(STUBS))
 PROTOS_STAMP := $(VENV)/.tripmesh-protos
 
-.PHONY: help venv protos run test lint fmt typecheck buf-lint clean FORCE
+.PHONY: help venv protos run demo test lint fmt typecheck buf-lint clean FORCE
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -48,6 +50,9 @@ $(PROTOS_STAMP): $(PROTOS) protos/generate.py $(VENV_STAMP) $(if $(MISSING_STUBS
 
 run: venv protos
 	$(BIN)/tripmesh up $(ARGS)
+
+demo: venv protos
+	$(BIN)/tripmesh demo $(ARGS)
 
 test: venv protos
 	$(MAKE) --no-print-directory lint typecheck buf-lint

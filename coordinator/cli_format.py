@@ -418,9 +418,15 @@ def format_demo_verdict(summary: demo.DemoSummary) -> str:
     return "FAIL  " + "; ".join(summary.problems)
 
 
+DEMO_LEGEND = (
+    "undone: what the compensation released; retried: calls resent after an injected UNAVAILABLE or a lost\n"
+    "reply; p50/p95: milliseconds from acceptance to the final state"
+)
+
+
 def format_demo_report(summary: demo.DemoSummary) -> str:
     """Everything the demo prints once every trip is terminal."""
-    parts = [format_demo_scenarios(summary), format_demo_paths(summary)]
+    parts = [format_demo_scenarios(summary) + "\n" + DEMO_LEGEND, format_demo_paths(summary)]
     if summary.surprises:
         parts.append("trips that did not end as expected:\n" + format_demo_surprises(summary))
     parts.append(format_audit_line(summary.audit))
