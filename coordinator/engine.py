@@ -79,6 +79,8 @@ class Engine:
         self._live: dict[str, Trip] = {}
         self._pending: dict[str, list[Write]] = {}
         self.taken: set[str] = set()  # new trips whose id turned out to be taken when first flushed
+        # A new trip's first flush: True once durable, False if its driver ended before (taken, crashed).
+        self._accepted: dict[str, asyncio.Future[bool]] = {}
 
     def start(self, trip: Trip, *, new: bool = False) -> None:
         """Drive a trip in the background, unless this process already is.
@@ -89,9 +91,24 @@ class Engine:
         if trip.trip_id in self._tasks or trip.state.terminal:
             return
         self._pending[trip.trip_id] = [new_trip(trip)] if new else []
+        if new:
+            self._accepted[trip.trip_id] = asyncio.get_running_loop().create_future()
         self._live[trip.trip_id] = trip
         self._finished[trip.trip_id] = asyncio.Event()
         self._tasks[trip.trip_id] = asyncio.create_task(self._drive(trip), name=f"trip:{trip.trip_id}")
+
+    async def accepted(self, trip_id: str) -> bool:
+        """Wait until a new trip is durable: True, or False if it never will be (taken, or its driver died).
+
+        Nothing may be acknowledged before this is True. Unbounded here: the caller's deadline bounds it.
+        """
+        future = self._accepted.get(trip_id)
+        if future is None:
+            return True  # loaded from the step log, or flushed long ago
+        accepted = await asyncio.shield(future)
+        if not accepted and self._accepted.get(trip_id) is future and trip_id not in self._tasks:
+            del self._accepted[trip_id]
+        return accepted
 
     def live(self, trip_id: str) -> Trip | None:
         return self._live.get(trip_id)
@@ -132,6 +149,11 @@ class Engine:
                 self._tasks.pop(trip.trip_id, None)
                 self._live.pop(trip.trip_id, None)
                 self._pending.pop(trip.trip_id, None)
+                accepted = self._accepted.get(trip.trip_id)
+                if accepted is not None and not accepted.done():
+                    accepted.set_result(False)  # kept until a waiting BookTrip has read it
+                elif accepted is not None:
+                    del self._accepted[trip.trip_id]
                 event = self._finished.pop(trip.trip_id, None)
                 if event is not None:
                     event.set()
@@ -184,6 +206,9 @@ class Engine:
             raise
         if not written:
             raise TripTakenError(trip.trip_id)
+        accepted = self._accepted.get(trip.trip_id)
+        if accepted is not None and not accepted.done():
+            accepted.set_result(True)
 
     async def _transition(self, trip: Trip, transition: Transition) -> None:
         now = self.clock.now()

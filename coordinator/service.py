@@ -11,6 +11,7 @@ from coordinator.trip import Action, StepStatus, Trip, TripRequest, TripState
 from services.kit.clock import Clock
 from services.kit.errors import (
     InvalidRequestError,
+    TransientError,
     TripConflictError,
     TripNotFoundError,
     TripNotRetriableError,
@@ -38,8 +39,9 @@ class TripService:
     async def book(self, request: TripRequest, wait: float | None) -> Trip:
         """Accept the trip (durably, once per trip id), then wait for its outcome up to `wait` seconds.
 
-        A new trip is written together with its first intents (one fsync for both); the trip id is the
-        idempotency key, so a repeat with the same request joins the trip, another request is refused.
+        A new trip is written together with its first intents (one fsync for both) and nothing is
+        answered before that write commits: an acknowledged trip survives any crash. The trip id is the
+        idempotency key: a repeat with the same request joins the trip, another request is refused.
         """
         seconds = self.book_wait if wait is None else wait
         trip = self.engine.live(request.trip_id) or await self.store.load(request.trip_id)
@@ -55,18 +57,19 @@ class TripService:
             )
             self.engine.start(candidate, new=True)  # a no-op if a concurrent call started this id first
             trip = self.engine.live(request.trip_id) or candidate
-            if trip is candidate:
-                await self.engine.wait(trip.trip_id, seconds)
-                if trip.trip_id not in self.engine.taken:
-                    return self.engine.live(trip.trip_id) or trip
-                # Another coordinator wrote this id first: answer as for any repeat.
-                self.engine.taken.discard(trip.trip_id)
-                trip = await self.get(request.trip_id)
         if trip.request.fingerprint() != request.fingerprint():
             raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
+        if not await self.engine.accepted(trip.trip_id):
+            if trip.trip_id not in self.engine.taken:
+                raise TransientError(f"trip {request.trip_id!r} could not be written; nothing was booked, retry")
+            # Another coordinator wrote this id first: answer as for any repeat.
+            self.engine.taken.discard(trip.trip_id)
+            trip = await self.get(request.trip_id)
+            if trip.request.fingerprint() != request.fingerprint():
+                raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
         self.engine.start(trip)  # a no-op if terminal or already driven here
         await self.engine.wait(trip.trip_id, seconds)
-        return self.engine.live(trip.trip_id) or await self.get(trip.trip_id)
+        return self.engine.live(trip.trip_id) or trip  # the object the engine drove, updated in place
 
     async def retry(self, trip_id: str, wait: float | None) -> Trip:
         """An operator's retry of a trip parked in NEEDS_ATTENTION: resume it with fresh retry budgets."""

@@ -198,11 +198,6 @@ async def test_a_crash_at_a_named_point_is_recovered(mesh: ProcessMesh, case: Ca
     assert mails_by_trip(mesh.mail_dir)[case.trip_id] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BookTrip answers OK for a new trip before the trip is durable (TripService.book returns "
-    "after engine.wait(deadline) whether or not its first flush committed), so a crash loses an accepted trip",
-)
 async def test_a_trip_acknowledged_while_the_step_log_is_slow_survives_a_crash(mesh: ProcessMesh) -> None:
     """A slow step log (another writer holds SQLite's write lock) must not make BookTrip acknowledge a trip
     that a crash can lose: either the call fails (nothing acknowledged) or the trip survives the crash."""
