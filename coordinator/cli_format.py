@@ -426,7 +426,7 @@ DEMO_LEGEND = (
 
 def format_demo_report(summary: demo.DemoSummary) -> str:
     """Everything the demo prints once every trip is terminal."""
-    parts = [format_demo_scenarios(summary) + "\n" + DEMO_LEGEND, format_demo_paths(summary)]
+    parts = [format_demo_scenarios(summary), DEMO_LEGEND, format_demo_paths(summary)]
     if summary.surprises:
         parts.append("trips that did not end as expected:\n" + format_demo_surprises(summary))
     parts.append(format_audit_line(summary.audit))
