@@ -9,6 +9,7 @@
 #   make test      lint, typecheck, buf-lint, then pytest
 #   make fmt       ruff format + ruff's safe fixes
 #   make clean     removes var/ and the generated stubs (not .venv)
+#   make bench     the benchmark (not part of make test; ~15 min; ARGS=--quick for a 2-minute smoke run)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -75,3 +76,14 @@ buf-lint: venv
 clean:
 	rm -rf var build dist
 	rm -f $(PROTO_DIR)/*_pb2.py $(PROTO_DIR)/*_pb2.pyi $(PROTO_DIR)/*_pb2_grpc.py $(PROTO_DIR)/*_pb2_grpc.pyi $(PROTOS_STAMP)
+
+# The benchmark's own tools (psutil, tqdm, matplotlib, dbos, py-spy): the `bench` extra, installed
+# only for `make bench`, so `make test` never needs them.
+BENCH_STAMP := $(VENV)/.tripmesh-bench-installed
+
+$(BENCH_STAMP): pyproject.toml setup.py $(VENV_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: venv protos $(BENCH_STAMP)
+	$(BIN)/python -m bench $(ARGS)
