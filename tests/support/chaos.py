@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -153,6 +154,8 @@ class ProcessMesh:
     procs: dict[str, Proc] = field(init=False, default_factory=dict)
     started: list[Proc] = field(init=False, default_factory=list)
     starts: Counter[str] = field(init=False, default_factory=Counter)
+    closed: bool = field(init=False, default=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)  # a chaos thread starts some
 
     def __post_init__(self) -> None:
         self.ports = dict(zip(MODULES, free_ports(len(MODULES)), strict=True))
@@ -203,10 +206,11 @@ class ProcessMesh:
     def start(
         self, name: str, extra: Mapping[str, str] | None = None, *, wait: bool = True, timeout: float = 30.0
     ) -> Proc:
-        current = self.procs.get(name)
-        assert current is None or not current.running(), f"{name} is already running (pid {current.pid})"
         log_path = self.work_dir / "logs" / f"{name}.log"
-        with log_path.open("ab") as log_file:
+        with self._lock, log_path.open("ab") as log_file:
+            assert not self.closed, f"{name} not started: the mesh is closed"
+            current = self.procs.get(name)
+            assert current is None or not current.running(), f"{name} is already running (pid {current.pid})"
             log_file.write(f"\n===== start #{self.starts[name] + 1} of {name}\n".encode())
             log_file.flush()
             popen = subprocess.Popen(
@@ -218,10 +222,10 @@ class ProcessMesh:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the terminal reaches pytest, which stops it by PID
             )
-        proc = Proc(name, popen, self.address(name), log_path, tcp=name == "smtp-sink")
-        self.procs[name] = proc
-        self.started.append(proc)
-        self.starts[name] += 1
+            proc = Proc(name, popen, self.address(name), log_path, tcp=name == "smtp-sink")
+            self.procs[name] = proc
+            self.started.append(proc)
+            self.starts[name] += 1
         if wait:
             proc.wait_ready(timeout)
         return proc
@@ -242,7 +246,9 @@ class ProcessMesh:
             self.procs[name].wait_ready(60.0)
 
     def close(self) -> None:
-        """Stop every process ever started here, by PID, the last started first."""
+        """Stop every process ever started here, by PID, the last started first; start no more."""
+        with self._lock:
+            self.closed = True
         for proc in reversed(self.started):
             proc.stop(grace=5.0)
 
