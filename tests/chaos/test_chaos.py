@@ -364,12 +364,10 @@ async def test_chaos(mesh: ProcessMesh) -> None:
             stub = trip_grpc.TripCoordinatorStub(channel)
             begin = loop.time()
             give_up = begin + BOOKING_WINDOW + 40.0
-            await asyncio.wait_for(
-                asyncio.gather(*(client(stub, trip, begin, give_up) for trip in trips)),
-                timeout=max(1.0, test_deadline - loop.time()),
-            )
+            clients = asyncio.gather(*(client(stub, trip, begin, give_up) for trip in trips))
+            await within(clients, test_deadline - loop.time(), f"{tag} the clients still booking")
             booked_in = loop.time() - begin
-            await asyncio.wait_for(chaos_thread, timeout=60.0)
+            await within(chaos_thread, 60.0, f"{tag} the chaos thread still killing")
             assert monkey.error is None, f"{tag} the chaos monkey failed: {monkey.error!r}"
             if not mesh.procs["coordinator"].running():
                 mesh.start("coordinator")
@@ -456,6 +454,14 @@ async def test_chaos(mesh: ProcessMesh) -> None:
     # expired while the coordinator was down or the machine overloaded): how many is timing, not a
     # property. That the mesh still books trips at all is.
     assert outcome["ok", "CONFIRMED"] > 0, f"{tag} no trip was confirmed: {outcome}"
+
+
+async def within(awaitable: Awaitable[object], seconds: float, what: str) -> None:
+    """Await with a deadline; past it, fail with `what` (which carries the seed), not a bare TimeoutError."""
+    try:
+        await asyncio.wait_for(awaitable, timeout=max(1.0, seconds))
+    except TimeoutError:
+        raise AssertionError(f"{what} after {seconds:.0f} s") from None
 
 
 async def _no_holds(mesh: ProcessMesh) -> bool:
