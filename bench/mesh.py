@@ -344,10 +344,10 @@ def count_by_state(db: Path) -> dict[str, int]:
 
 
 def failure_reasons(db: Path, limit: int = 3, width: int = 140) -> list[tuple[str, int]]:
-    """The commonest failure reasons of trips that did not end CONFIRMED, shortened to `width`."""
+    """The commonest failure reasons of trips that ended CANCELLED or NEEDS_ATTENTION, shortened to `width`."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
         rows = conn.execute(
-            "SELECT substr(failure_reason, 1, ?), count(*) FROM trips WHERE state != 'CONFIRMED' "
+            "SELECT substr(failure_reason, 1, ?), count(*) FROM trips WHERE state IN ('CANCELLED', 'NEEDS_ATTENTION') "
             "GROUP BY 1 ORDER BY 2 DESC LIMIT ?",
             (width, limit),
         ).fetchall()

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import linecache
 import re
 import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.load import LoadResult, TripPlan, drive
-from bench.mesh import REGISTRY, Mesh, Proc
+from bench.mesh import REGISTRY, REPO, Mesh, Proc
 
 RATE = 100
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -57,8 +58,9 @@ class Sampler:
     @classmethod
     def start(cls, pid: int, output: Path, fmt: str, log: Path) -> Sampler:
         with log.open("ab") as log_file:
+            command = [py_spy(), "record", "--pid", str(pid), "--rate", str(RATE), "--threads", "--format", fmt]
             process = subprocess.Popen(
-                [py_spy(), "record", "--pid", str(pid), "--rate", str(RATE), "--format", fmt, "-o", str(output)],
+                [*command, "-o", str(output)],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -99,20 +101,50 @@ def _sampled(coordinator: Proc, mesh: Mesh, plan: TripPlan, trips: int, output: 
     return result
 
 
-def _frame(text: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Frame:
+    func: str
+    path: str  # as py-spy prints it: relative to site-packages or the standard library, or absolute
+    line: int
+
+    @property
+    def short(self) -> str:
+        path = self.path
+        for marker in ("site-packages/", "lib/python3.11/", f"{REPO}/"):
+            if marker in path:
+                path = path.split(marker, 1)[1]
+                break
+        return path
+
+    @property
+    def label(self) -> str:
+        return f"`{self.func}` ({self.short})" if self.short else f"`{self.func}`"
+
+    def source(self) -> str:
+        """The source line this frame is on ('' when the file cannot be found)."""
+        candidates = [Path(self.path)] if self.path.startswith("/") else [Path(p) / self.path for p in sys.path if p]
+        for candidate in candidates:
+            if candidate.is_file():
+                return linecache.getline(str(candidate), self.line).strip()
+        return ""
+
+
+def parse_frame(text: str) -> Frame:
     match = FRAME.match(text.strip())
     if not match:
-        return text.strip(), ""
-    path = match["file"]
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return match["func"], path
+        return Frame(text.strip(), "", 0)
+    return Frame(match["func"], match["file"], int(match["line"] or 0))
 
 
-def _label(func: str, path: str) -> str:
-    return f"`{func}` ({path})" if path else f"`{func}`"
+# Innermost frames where a thread blocks: py-spy cannot always tell these from work, so they are
+# counted apart ("waiting") and the shares of work are over the rest.
+WAITING_SOURCE = ("self._selector.select(", ".get()", "self._target(")
+
+
+def waiting(leaf: Frame) -> bool:
+    if leaf.short.endswith("selectors.py") and leaf.func.endswith(".select"):
+        return True
+    return any(marker in leaf.source() for marker in WAITING_SOURCE)
 
 
 def category(path: str) -> str:
@@ -122,68 +154,109 @@ def category(path: str) -> str:
     return "other"
 
 
-def analyse(raw: Path) -> tuple[int, Counter[str], Counter[str], Counter[str]]:
-    total = 0
-    self_time: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    categories: Counter[str] = Counter()
+def thread_role(thread: str, frames: list[Frame]) -> str:
+    funcs = {f.func.rsplit(".", 1)[-1] for f in frames}
+    if "_connection_worker_thread" in funcs:
+        return "aiosqlite's worker thread (SQLite calls, commit and fsync)"
+    if "run_forever" in funcs:
+        return "the event loop (main thread)"
+    if "_poll_wrapper" in thread:
+        return "gRPC's poller thread (C core)"
+    return "other threads"
+
+
+@dataclass
+class Profile:
+    total: int = 0
+    waiting: int = 0
+    self_time: Counter[str] = field(default_factory=Counter)
+    inclusive: Counter[str] = field(default_factory=Counter)
+    categories: Counter[str] = field(default_factory=Counter)
+    threads: Counter[str] = field(default_factory=Counter)
+    waits: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def working(self) -> int:
+        return self.total - self.waiting
+
+
+def analyse(raw: Path) -> Profile:
+    out = Profile()
+    wait_cache: dict[Frame, bool] = {}
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        parts = [p for p in stack.split(";") if p]
+        thread = next((p for p in parts if p.startswith("thread ")), "")
+        frames = [parse_frame(p) for p in parts if not p.startswith(("process ", "thread "))]
         if not frames:
             continue
-        total += count
-        func, path = frames[-1]
-        self_time[_label(func, path)] += count
-        categories[category(path)] += count
-        for label in {_label(f, p) for f, p in frames}:
-            inclusive[label] += count
-    return total, self_time, inclusive, categories
+        out.total += count
+        leaf = frames[-1]
+        if leaf not in wait_cache:
+            wait_cache[leaf] = waiting(leaf)
+        if wait_cache[leaf]:
+            out.waiting += count
+            out.waits[f"{leaf.label} `{leaf.source()}`"] += count
+            continue
+        out.threads[thread_role(thread, frames)] += count
+        out.self_time[leaf.label] += count
+        out.categories[category(leaf.short)] += count
+        for label in {f.label for f in frames}:
+            out.inclusive[label] += count
+    return out
 
 
 def write_report(raw: Path, out: Path, result: LoadResult, cpu_per_trip: float) -> str:
-    total, self_time, inclusive, categories = analyse(raw)
+    profile = analyse(raw)
 
     def pct(n: int) -> str:
-        return f"{100 * n / total:.1f} %" if total else "-"
+        return f"{100 * n / profile.working:.1f} %" if profile.working else "-"
 
+    own = [(k, v) for k, v in profile.inclusive.most_common() if "coordinator/" in k or "services/" in k]
     lines = [
         f"# Where the coordinator's CPU goes ({datetime.now(UTC):%Y-%m-%d %H:%M UTC})",
         "",
         f"py-spy at {RATE} Hz on tripmesh's coordinator (as shipped) during a closed loop of {result.trips} trips "
         f"at c=16 ({result.throughput:.1f} trips/s; the coordinator used {cpu_per_trip * 1000:.1f} ms of CPU per "
-        f"trip); {total:,} samples of non-idle stacks. Flame graph of a twin run: `profile-coordinator.svg`. "
-        "Regenerate with `python -m bench --profile`.",
+        f"trip). {profile.total:,} samples of stacks py-spy took for active; {profile.waiting:,} of them "
+        f"({100 * profile.waiting / max(1, profile.total):.0f} %) sit where a thread blocks (epoll, a queue's "
+        "get, a thread running C code), which py-spy cannot always tell from work, and are left out: the "
+        f"shares below are of the other {profile.working:,}. A Python frame's self time includes the C code it "
+        "calls (SQLite's statements and fsync count in aiosqlite's `Connection._execute`). Flame graph of a "
+        "twin run: `profile-coordinator.svg`. Regenerate with `python -m bench --profile`.",
+        "",
+        "## By thread",
+        "",
+        "| thread | share |",
+        "|---|---:|",
+        *[f"| {name} | {pct(n)} |" for name, n in profile.threads.most_common()],
         "",
         "## By where the innermost frame is",
         "",
-        "| code | share of samples |",
+        "| code | share |",
         "|---|---:|",
-        *[f"| {name} | {pct(n)} |" for name, n in categories.most_common()],
+        *[f"| {name} | {pct(n)} |" for name, n in profile.categories.most_common()],
         "",
-        "## Top 10 functions by self time (innermost frame)",
+        "## Top 10 functions by self time (innermost Python frame)",
         "",
         "| function | self |",
         "|---|---:|",
-        *[f"| {name} | {pct(n)} |" for name, n in self_time.most_common(10)],
+        *[f"| {name} | {pct(n)} |" for name, n in profile.self_time.most_common(10)],
         "",
-        "## Top functions by inclusive time (on the stack), tripmesh's own code",
-        "",
-        "| function | inclusive |",
-        "|---|---:|",
-        *[
-            f"| {name} | {pct(n)} |"
-            for name, n in [(k, v) for k, v in inclusive.most_common() if "coordinator/" in k or "services/" in k][:15]
-        ],
-        "",
-        "## Top 15 functions by inclusive time, any code",
+        "## tripmesh's own functions by inclusive time (on the stack)",
         "",
         "| function | inclusive |",
         "|---|---:|",
-        *[f"| {name} | {pct(n)} |" for name, n in inclusive.most_common(15)],
+        *[f"| {name} | {pct(n)} |" for name, n in own[:15]],
+        "",
+        "## Left out as waiting",
+        "",
+        "| innermost frame | samples |",
+        "|---|---:|",
+        *[f"| {name} | {n:,} |" for name, n in profile.waits.most_common(5)],
         "",
     ]
     text = "\n".join(lines)

@@ -292,7 +292,7 @@ def markdown(
         add("|---|---|")
         add(f"| trips in flight at the SIGKILL | {scale.parked:,} (step log: {parked}) |")
         add(f"| restart -> serving (health SERVING) | {_s(scale.serving_after)} |")
-        resumed = _s(scale.resumed_after)
+        resumed = _s(scale.resumed_after) if scale.resumed_after is not None else "not within the limit"
         add(f"| restart -> every in-flight trip driven again (`coordinator_started` logged) | {resumed} |")
         if scale.terminal_after is not None:
             terminal = _s(scale.terminal_after)
@@ -316,8 +316,9 @@ def markdown(
         add("## Per round")
         add("")
         add(
-            "trips/s (CPU used meanwhile by other programs on the machine / by kernel threads, in cores: "
-            "other sessions' work makes the figures noisier; kernel threads include the I/O of the run itself)"
+            "trips/s (in cores, meanwhile: CPU of other programs on the machine / of kernel threads / stolen by "
+            "the hypervisor. Other programs and stolen time make the figures noisier; kernel threads include "
+            "the run's own I/O)"
         )
         add("")
         add("| coordinator | c | " + " | ".join(f"round {r}" for r in range(1, summary.rounds() + 1)) + " |")
@@ -332,7 +333,7 @@ def markdown(
 
 
 def _round_cell(p: Point) -> str:
-    return f"{p.throughput:.1f} ({p.other_cpu_cores:.2f} / {p.kernel_cpu_cores:.2f})"
+    return f"{p.throughput:.1f} ({p.other_cpu_cores:.2f} / {p.kernel_cpu_cores:.2f} / {p.steal_cores:.2f})"
 
 
 def _s(seconds: float | None) -> str:

@@ -117,6 +117,7 @@ class Point:
     coordinator_write_bytes_per_trip: float
     other_cpu_cores: float  # CPU used meanwhile by programs that are not part of the benchmark, in cores
     kernel_cpu_cores: float  # ... and by kernel threads (I/O, the ext4 journal), in cores
+    steal_cores: float  # CPU the hypervisor gave to other guests while this one wanted it, in cores
 
 
 @dataclass
@@ -164,8 +165,13 @@ class Progress:
 
 def _busy_cpu() -> float:
     """CPU seconds the whole machine has been busy (all cores, not idle or waiting for I/O)."""
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    t = psutil.cpu_times()
+    return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+def _steal_cpu() -> float:
+    """CPU seconds the hypervisor gave to someone else while this VM wanted to run (0 on bare metal)."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
 def _kernel_cpu() -> float:
@@ -204,7 +210,7 @@ def measure_point(
         proc.reset_peak()
     write0 = mesh.coordinator.write_bytes()
     cpu0 = _cpu(procs, me)
-    busy0, kernel0 = _busy_cpu(), _kernel_cpu()
+    busy0, kernel0, steal0 = _busy_cpu(), _kernel_cpu(), _steal_cpu()
     result = asyncio.run(
         drive(
             mesh.address("coordinator"),
@@ -217,7 +223,7 @@ def measure_point(
         )
     )
     cpu1 = _cpu(procs, me)
-    busy1, kernel1 = _busy_cpu(), _kernel_cpu()
+    busy1, kernel1, steal1 = _busy_cpu(), _kernel_cpu(), _steal_cpu()
     progress.update(trips - result.trips)  # trips a time-limited point never sent
     peaks = {name: proc.peak_rss() for name, proc in procs.items()}
     write1 = mesh.coordinator.write_bytes()
@@ -245,6 +251,7 @@ def measure_point(
         other_cpu_cores=max(0.0, (busy1 - busy0) - (kernel1 - kernel0) - sum(cpu1[k] - cpu0[k] for k in cpu0))
         / max(result.seconds, 1e-9),
         kernel_cpu_cores=(kernel1 - kernel0) / max(result.seconds, 1e-9),
+        steal_cores=(steal1 - steal0) / max(result.seconds, 1e-9),
     )
 
 
