@@ -60,7 +60,15 @@ async def start_coordinator(
     if not store.durable:
         log.warning("step_log_off", detail="nothing is durable: a benchmark limit, not a way to run tripmesh")
     participants = Participants(settings.addresses, call_timeout=settings.call_timeout)
-    engine = Engine(TRIP_SAGA, store, participants, clock, settings.policy, CrashPoints.from_env())
+    engine = Engine(
+        TRIP_SAGA,
+        store,
+        participants,
+        clock,
+        settings.policy,
+        CrashPoints.from_env(),
+        max_active=settings.max_active_trips,
+    )
     service = TripService(
         TRIP_SAGA, store, engine, clock, trip_timeout=settings.trip_timeout, book_wait=settings.book_wait
     )

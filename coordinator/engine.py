@@ -67,7 +67,12 @@ class Engine:
         clock: Clock,
         policy: RetryPolicy,
         crash: CrashPoints | None = None,
+        max_active: int = 256,
     ) -> None:
+        # At most max_active trips call participants at once; the rest wait their turn having sent
+        # nothing. Without it, a recovery of thousands of trips (or a burst) sends every call at once,
+        # deadlines pass in the participants' queues and retry budgets burn into needless compensations.
+        self._slots = asyncio.Semaphore(max_active)
         self.crash = crash
         self.saga = saga
         self.store = store
@@ -140,7 +145,8 @@ class Engine:
     async def _drive(self, trip: Trip) -> None:
         with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id):
             try:
-                await self._run(trip)
+                async with self._slots:
+                    await self._run(trip)
             except Exception:
                 # A bug, not an outcome: leave the trip to recovery at the next start, and say so loudly.
                 log.exception("trip_driver_crashed", state=trip.state.value)

@@ -102,14 +102,23 @@ _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
 _METHODS = {"reserve": "Reserve", "confirm": "Confirm", "cancel": "Cancel"}
 
 
+# Retries are the engine's (one layer, every attempt logged). Reconnect quickly after a participant
+# restarts: gRPC's default backoff grows to 120 s and spends whole retry budgets on "connection refused".
+CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class Participants:
     """One long-lived channel per participant, reused by every trip."""
 
     def __init__(self, addresses: Addresses, *, call_timeout: float) -> None:
         self.call_timeout = call_timeout
         self._channels = {
-            name: grpc.aio.insecure_channel(getattr(addresses, name), options=[("grpc.enable_retries", 0)])
-            for name in _STUBS
+            name: grpc.aio.insecure_channel(getattr(addresses, name), options=CHANNEL_OPTIONS) for name in _STUBS
         }
         self._stubs = {name: _STUBS[name](channel) for name, channel in self._channels.items()}
 

@@ -93,11 +93,19 @@ def _compensating(saga: SagaDefinition, trip: Trip) -> Plan:
         for p in members:
             step = trip.steps[f"{p}.cancel"]
             if step.status is not StepStatus.SUCCEEDED:
-                reason = f"compensation failed: {failure_reason(step.name, step)}"
-                if trip.failure_reason:
-                    reason = f"{trip.failure_reason}; {reason}"
+                reason = f"{COMPENSATION_FAILED}{failure_reason(step.name, step)}"
+                if cause(trip):
+                    reason = f"{cause(trip)}; {reason}"
                 return Transition(TripState.NEEDS_ATTENTION, reason)
-    return Transition(TripState.CANCELLED, trip.failure_reason)
+    return Transition(TripState.CANCELLED, cause(trip))
+
+
+COMPENSATION_FAILED = "compensation failed: "
+
+
+def cause(trip: Trip) -> str:
+    """Why the trip is being undone, without what went wrong undoing it (an operator retry starts over)."""
+    return trip.failure_reason.split(f"; {COMPENSATION_FAILED}", 1)[0].removeprefix(COMPENSATION_FAILED)
 
 
 def _reserved(trip: Trip, participant: str) -> bool:

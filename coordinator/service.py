@@ -106,9 +106,7 @@ class TripService:
 
     async def recover(self) -> int:
         """Drive every trip that is not terminal (after a crash): forward or backward as the log says."""
-        trip_ids = await self.store.unfinished_trip_ids()
-        for trip_id in trip_ids:
-            trip = await self.store.load(trip_id)
-            if trip is not None:
-                self.engine.start(trip)
-        return len(trip_ids)
+        unfinished = await self.store.load_unfinished()
+        for trip in unfinished:
+            self.engine.start(trip)
+        return len(unfinished)

@@ -19,6 +19,7 @@ class CoordinatorSettings:
     policy: RetryPolicy
     # "off" writes no step log at all: the benchmark's limit of this stack, never for real use.
     step_log: str = "on"
+    max_active_trips: int = 256
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -42,4 +43,5 @@ class CoordinatorSettings:
                 max_backoff=env_float(c, "max_backoff_seconds", 2.0),
             ),
             step_log=env(c, "step_log", "on"),
+            max_active_trips=env_int(c, "max_active_trips", 256),
         )

@@ -114,6 +114,21 @@ class StepLogStore:
             trip.steps[step.name] = step
         return trip
 
+    async def load_unfinished(self, batch: int = 1000) -> list[Trip]:
+        """Every trip that is not terminal, with its steps, oldest first (a few queries, not one per trip)."""
+        ids = await self.unfinished_trip_ids()
+        found: list[Trip] = []
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), batch):
+                chunk = ids[start : start + batch]
+                rows = (await conn.execute(select(trips).where(trips.c.trip_id.in_(chunk)))).all()
+                by_id = {r.trip_id: _trip(r) for r in rows}
+                for step_row in await conn.execute(select(steps).where(steps.c.trip_id.in_(chunk))):
+                    step = _step(step_row)
+                    by_id[step_row.trip_id].steps[step.name] = step
+                found.extend(by_id[i] for i in chunk if i in by_id)
+        return found
+
     async def unfinished_trip_ids(self) -> list[str]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
