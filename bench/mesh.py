@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Literal
 
 import psutil
 
+from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving, tcp_open
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,20 +47,7 @@ class MeshError(Exception):
 
 def free_ports(count: int) -> list[int]:
     """`count` distinct loopback ports the kernel says are free now (never the documented defaults)."""
-    avoid = {2525, 50050, 50051, 50052, 50053, 50054}
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] in avoid:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return launcher_free_ports(count, avoid={2525, 50050, 50051, 50052, 50053, 50054})
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import yaml
 
 from coordinator import cli_format
 from coordinator.launcher import Launcher, LaunchError
+from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving, tcp_open
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
@@ -154,19 +154,7 @@ def test_healthcheck_fails_where_nothing_listens() -> None:
 
 def free_ports(count: int) -> list[int]:
     """Ports the kernel hands out for port 0; never one of the mesh's documented defaults."""
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] in RESERVED_PORTS:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return launcher_free_ports(count, avoid=RESERVED_PORTS)
 
 
 @dataclass

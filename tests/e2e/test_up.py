@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving
 
 pytestmark = pytest.mark.e2e
@@ -31,19 +32,7 @@ ROW = re.compile(r"^(?P<service>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S+)\s
 
 
 def free_ports(count: int) -> list[int]:
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] in RESERVED_PORTS:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return launcher_free_ports(count, avoid=RESERVED_PORTS)
 
 
 @dataclass

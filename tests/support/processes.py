@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,20 +50,8 @@ BANNER_ROW = re.compile(r"^(?P<name>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports the kernel says are free now (bound to port 0 together, then released)."""
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] in DEFAULT_PORTS.values():
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """`count` distinct ports the kernel says are free now, never a documented default."""
+    return launcher_free_ports(count, avoid=DEFAULT_PORTS.values())
 
 
 def _stat_fields(pid: int) -> list[str] | None:
