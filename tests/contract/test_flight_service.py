@@ -11,8 +11,6 @@ from typing import cast
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from services.flight.app import SPEC
@@ -22,6 +20,7 @@ from services.kit.status import error_info
 from services.participant.runner import RunningParticipant, start_participant
 from tests.support.cases.flight import CASE, reserve
 from tests.support.participant_case import BadInput
+from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import flight_service_pb2_grpc as flight_grpc
@@ -48,18 +47,6 @@ async def flight(tmp_path: Path) -> AsyncIterator[Flight]:
         stub = cast("flight_grpc.FlightServiceAsyncStub", flight_grpc.FlightServiceStub(channel))
         yield Flight(running, stub, clock)
     await running.stop()
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields: set[str] = set()
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.update(v.field for v in bad.field_violations)
-    return fields
 
 
 async def seats(flight: Flight, origin: str, destination: str, day: common_pb.Date) -> dict[tuple[str, int], int]:
@@ -123,7 +110,7 @@ async def test_bad_searches_name_the_field(
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await flight.stub.SearchFlights(request_)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error.value) == {field}
+    assert set(field_violations(error.value)) == {field}
 
 
 async def test_a_round_trip_is_held_confirmed_and_cancelled(flight: Flight) -> None:
@@ -167,7 +154,7 @@ async def test_bad_reserves_name_the_field_and_write_nothing(flight: Flight, bad
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await flight.stub.Reserve(bad.build("bad-1/flight"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad.field in violated_fields(error.value)
+    assert bad.field in set(field_violations(error.value))
     async with flight.running.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(reservations))).scalar_one() == 0
     await assert_conserved(flight)

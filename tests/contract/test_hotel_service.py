@@ -11,8 +11,6 @@ from typing import cast
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from services.hotel.app import SPEC
@@ -22,6 +20,7 @@ from services.kit.status import error_info
 from services.participant.runner import RunningParticipant, start_participant
 from tests.support.cases.hotel import CASE, day, reserve
 from tests.support.participant_case import BadInput
+from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
 from tripmesh.v1 import hotel_service_pb2_grpc as hotel_grpc
@@ -48,18 +47,6 @@ async def hotel(tmp_path: Path) -> AsyncIterator[Hotel]:
         stub = cast("hotel_grpc.HotelServiceAsyncStub", hotel_grpc.HotelServiceStub(channel))
         yield Hotel(running, stub, clock)
     await running.stop()
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields: set[str] = set()
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.update(v.field for v in bad.field_violations)
-    return fields
 
 
 async def rooms(hotel: Hotel, check_in: str, check_out: str, city: str = "Lisbon") -> dict[tuple[str, int], int]:
@@ -121,7 +108,7 @@ async def test_bad_searches_name_the_field(hotel: Hotel, request_: hotel_pb.Sear
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await hotel.stub.SearchHotels(request_)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error.value) == {field}
+    assert set(field_violations(error.value)) == {field}
 
 
 async def test_a_stay_is_held_confirmed_and_cancelled(hotel: Hotel) -> None:
@@ -179,7 +166,7 @@ async def test_bad_reserves_name_the_field_and_write_nothing(hotel: Hotel, bad: 
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await hotel.stub.Reserve(bad.build("bad-1/hotel"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad.field in violated_fields(error.value)
+    assert bad.field in set(field_violations(error.value))
     async with hotel.running.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(reservations))).scalar_one() == 0
     await assert_conserved(hotel)

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from services.kit.clock import FakeClock
@@ -23,6 +21,7 @@ from services.participant.runner import RunningParticipant, start_participant
 from services.payment.models import ledger, payment_methods
 from services.payment.servicer import SPEC
 from tests.support.cases.payment import SCARCE_CAPACITY, authorise, check_conservation
+from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import payment_service_pb2 as payment_pb
 from tripmesh.v1 import payment_service_pb2_grpc as payment_grpc
@@ -78,18 +77,6 @@ def confirm(rid: str) -> payment_pb.PaymentServiceConfirmRequest:
 
 def cancel(rid: str) -> payment_pb.PaymentServiceCancelRequest:
     return payment_pb.PaymentServiceCancelRequest(reservation_id=rid)
-
-
-def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.extend(v.field for v in bad.field_violations)
-    return found
 
 
 async def test_authorise_holds_the_amount_and_prices_the_reservation(payment: Payment) -> None:
@@ -160,7 +147,7 @@ async def test_bad_input_is_invalid_and_writes_nothing(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await payment.stub.Reserve(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_fields(caught.value) == [field]
+    assert field_violations(caught.value) == [field]
     assert await payment.counters() == (0, 0)
     assert await payment.ledger_of("t1/payment") == []
 
@@ -221,7 +208,7 @@ async def test_list_payment_methods_needs_a_customer(payment: Payment) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await payment.stub.ListPaymentMethods(payment_pb.ListPaymentMethodsRequest(customer_id=""))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_fields(caught.value) == ["customer_id"]
+    assert field_violations(caught.value) == ["customer_id"]
 
 
 async def test_seed_runs_once(tmp_path: Path) -> None:
