@@ -7,19 +7,26 @@ import asyncio
 from coordinator.app import start_coordinator
 from coordinator.settings import CoordinatorSettings
 from services.kit import logging as kit_logging
+from services.kit.metrics import Metrics, MetricsSettings
 from services.kit.server import serve_until_signalled
+from services.kit.tracing import Tracing
 
 
 async def _main() -> None:
     settings = CoordinatorSettings.from_env()
-    kit_logging.configure("coordinator", fmt=settings.service.log_format, level=settings.service.log_level)
-    running = await start_coordinator(settings)
+    tracing = Tracing.from_env("coordinator")
+    kit_logging.configure(
+        "coordinator", fmt=settings.service.log_format, level=settings.service.log_level, trace_ids=bool(tracing)
+    )
+    metrics_settings = MetricsSettings.from_env("coordinator", host=settings.service.host)
+    metrics = Metrics("coordinator") if metrics_settings.enabled else None
+    # Bound first: a configured metrics port that is taken stops the process before it serves anything.
+    if metrics is not None and metrics.serve_configured(metrics_settings) is None:
+        metrics = None  # a default port was taken: no metrics, as said in the log
+    running = await start_coordinator(settings, metrics=metrics, tracing=tracing)
 
     async def close() -> None:
-        await running.engine.stop(settings.service.grace_seconds)
-        await running.store.close()
-        await running.participants.close()
-        await running.db.dispose()
+        await running.close(settings.service.grace_seconds)
 
     await serve_until_signalled(running.built, grace_seconds=settings.service.grace_seconds, on_stop=close)
 

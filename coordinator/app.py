@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -9,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.crashpoints import CrashPoints
 from coordinator.engine import Engine
+from coordinator.events import TripEvents
 from coordinator.models import metadata
 from coordinator.participants import Participants
 from coordinator.saga import TRIP_SAGA
@@ -18,7 +20,9 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.steplog import StepLogStore
 from services.kit.clock import Clock, SystemClock
 from services.kit.db import create_schema, make_engine
+from services.kit.metrics import Metrics
 from services.kit.server import BuiltServer, ServiceBinding, build_server
+from services.kit.tracing import Tracing
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
 
@@ -35,6 +39,8 @@ class RunningCoordinator:
     store: StepLogStore
     participants: Participants
     service: TripService
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
 
     @property
     def port(self) -> int:
@@ -42,15 +48,29 @@ class RunningCoordinator:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.built.stop(grace)
-        await self.engine.stop(grace or 0.0)
+        await self.close(grace or 0.0)
+
+    async def close(self, grace: float) -> None:
+        """Everything but the server: the trips being driven, the step log, the clients, metrics, spans."""
+        await self.engine.stop(grace)
         await self.store.close()
         await self.participants.close()
         await self.db.dispose()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans
 
 
 async def start_coordinator(
-    settings: CoordinatorSettings, *, address: str | None = None, clock: Clock | None = None
+    settings: CoordinatorSettings,
+    *,
+    address: str | None = None,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> RunningCoordinator:
+    """`metrics` (served or not, the caller's choice) gets the coordinator's metrics; `tracing` its spans."""
     clock = clock or SystemClock()
     db = make_engine(settings.service.database_url)
     await create_schema(db, metadata)
@@ -59,7 +79,16 @@ async def start_coordinator(
     store = StepLogStore(db, durable=settings.step_log == "on")
     if not store.durable:
         log.warning("step_log_off", detail="nothing is durable: a benchmark limit, not a way to run tripmesh")
-    participants = Participants(settings.addresses, call_timeout=settings.call_timeout)
+    participants = Participants(
+        settings.addresses,
+        call_timeout=settings.call_timeout,
+        interceptors=tracing.client_interceptors() if tracing is not None else (),
+    )
+    events = TripEvents(clock)
+    if tracing is not None:
+        from coordinator.tracing import TripSpans  # imports OpenTelemetry: only when tracing is on
+
+        events.spans = TripSpans(tracing.tracer("tripmesh.coordinator"))
     engine = Engine(
         TRIP_SAGA,
         store,
@@ -68,7 +97,12 @@ async def start_coordinator(
         settings.policy,
         CrashPoints.from_env(),
         max_active=settings.max_active_trips,
+        events=events,
     )
+    if metrics is not None:
+        from coordinator.metrics import install
+
+        events.add(install(metrics, store, lambda: engine.active))
     service = TripService(
         TRIP_SAGA, store, engine, clock, trip_timeout=settings.trip_timeout, book_wait=settings.book_wait
     )
@@ -77,6 +111,8 @@ async def start_coordinator(
         [ServiceBinding(SERVICE_NAME, trip_grpc.add_TripCoordinatorServicer_to_server, servicer)],
         address=address or f"{settings.service.host}:{settings.service.port}",
         domain=SERVICE_NAME,
+        metrics=metrics,
+        tracing=tracing,
     )
     await built.start()
     recovered = await service.recover()
@@ -84,5 +120,12 @@ async def start_coordinator(
         "coordinator_started", port=built.port, recovered_trips=recovered, database_url=settings.service.database_url
     )
     return RunningCoordinator(
-        built=built, db=db, engine=engine, store=store, participants=participants, service=service
+        built=built,
+        db=db,
+        engine=engine,
+        store=store,
+        participants=participants,
+        service=service,
+        metrics=metrics,
+        tracing=tracing,
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from coordinator.crashpoints import CrashPoints
+from coordinator.events import TripEvents
 from coordinator.participants import Outcome, OutcomeKind, Participants
 from coordinator.planner import Done, Transition, plan
 from coordinator.requests import build_request
@@ -68,6 +69,7 @@ class Engine:
         policy: RetryPolicy,
         crash: CrashPoints | None = None,
         max_active: int = 256,
+        events: TripEvents | None = None,
     ) -> None:
         # At most max_active trips call participants at once; the rest wait their turn having sent
         # nothing. Without it, a recovery of thousands of trips (or a burst) sends every call at once,
@@ -79,6 +81,7 @@ class Engine:
         self.participants = participants
         self.clock = clock
         self.policy = policy
+        self.events = events or TripEvents(clock)  # metrics, tracing, watchers (coordinator/events.py)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._live: dict[str, Trip] = {}
@@ -143,7 +146,7 @@ class Engine:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drive(self, trip: Trip) -> None:
-        with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id):
+        with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id), self.events.driving(trip):
             try:
                 async with self._slots:
                     await self._run(trip)
@@ -215,6 +218,7 @@ class Engine:
         accepted = self._accepted.get(trip.trip_id)
         if accepted is not None and not accepted.done():
             accepted.set_result(True)
+            self.events.accepted(trip)
 
     async def _transition(self, trip: Trip, transition: Transition) -> None:
         now = self.clock.now()
@@ -227,6 +231,7 @@ class Engine:
             self._pending[trip.trip_id].append(state_write(trip))  # durable with the next intent
         if self.crash:
             self.crash.hit("after_state", transition.state.value)
+        self.events.state_changed(trip, previous)
         log.info("trip_state", previous=previous.value, state=trip.state.value, reason=reason or None)
 
     async def _run_step(self, trip: Trip, name: str) -> None:
@@ -246,7 +251,8 @@ class Engine:
             await self._flush(trip, step_write(trip.trip_id, step))  # durable before the call leaves
             if self.crash:
                 self.crash.hit("after_intent", name)
-            outcome = await self.participants.call(name, request, trip.trip_id)
+            with self.events.calling(trip, step) as call:
+                call.outcome = outcome = await self.participants.call(name, request, trip.trip_id)
             if self.crash:
                 self.crash.hit("after_call", name)
             self._record(step, outcome)

@@ -7,7 +7,7 @@ the effect may have happened; resend, and cancel it on compensation).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -115,10 +115,16 @@ CHANNEL_OPTIONS = [
 class Participants:
     """One long-lived channel per participant, reused by every trip."""
 
-    def __init__(self, addresses: Addresses, *, call_timeout: float) -> None:
+    def __init__(
+        self, addresses: Addresses, *, call_timeout: float, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    ) -> None:
+        """`interceptors`: the tracing instrumentation's, when tracing is on; none otherwise."""
         self.call_timeout = call_timeout
         self._channels = {
-            name: grpc.aio.insecure_channel(getattr(addresses, name), options=CHANNEL_OPTIONS) for name in _STUBS
+            name: grpc.aio.insecure_channel(
+                getattr(addresses, name), options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
+            )
+            for name in _STUBS
         }
         self._stubs = {name: _STUBS[name](channel) for name, channel in self._channels.items()}
 

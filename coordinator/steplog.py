@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, or_, select, update
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -137,6 +137,18 @@ class StepLogStore:
                 .order_by(trips.c.created_at)
             )
             return [r.trip_id for r in rows]
+
+    async def count_open_by_state(self) -> dict[str, int]:
+        """Trips not CONFIRMED or CANCELLED, by state (NEEDS_ATTENTION included), for the metrics.
+
+        An IN over the open states walks only their part of the (state, created_at) index.
+        """
+        open_states = [s.value for s in TripState if s not in (TripState.CONFIRMED, TripState.CANCELLED)]
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(trips.c.state, func.count()).where(trips.c.state.in_(open_states)).group_by(trips.c.state)
+            )
+            return {str(state): int(count) for state, count in rows}
 
     async def list_trips(
         self, *, state: TripState | None, customer_id: str, page_size: int, page_token: str

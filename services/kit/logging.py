@@ -2,7 +2,9 @@
 
 Every line carries the context bound with structlog.contextvars (trip_id, reservation_id, rpc), which
 the server interceptor binds from the call's metadata, so one trip can be followed across processes.
-Library logs (grpc, sqlalchemy) go through the same renderer.
+Library logs (grpc, sqlalchemy) go through the same renderer. With tracing on (`trace_ids=True`),
+every line logged inside a span also carries its `trace_id` and `span_id`, as Jaeger and Tempo show
+them, so a log line leads to its trace and back.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import structlog
 _configured = False
 
 
-def configure(component: str, *, fmt: str = "console", level: str = "info") -> None:
+def configure(component: str, *, fmt: str = "console", level: str = "info", trace_ids: bool = False) -> None:
     global _configured
     level_no = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
@@ -25,6 +27,8 @@ def configure(component: str, *, fmt: str = "console", level: str = "info") -> N
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_component(component),
     ]
+    if trace_ids:  # only then: with tracing off, no OpenTelemetry import and no per-line cost
+        shared.insert(1, _add_trace_ids())
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -54,6 +58,19 @@ def configure(component: str, *, fmt: str = "console", level: str = "info") -> N
 def _add_component(component: str) -> Any:
     def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
         event.setdefault("service", component)
+        return event
+
+    return processor
+
+
+def _add_trace_ids() -> Any:
+    from opentelemetry import trace
+
+    def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event.setdefault("trace_id", trace.format_trace_id(context.trace_id))
+            event.setdefault("span_id", trace.format_span_id(context.span_id))
         return event
 
     return processor

@@ -20,6 +20,8 @@ from grpc_reflection.v1alpha import reflection
 
 from services.kit.faults import component_of, fault_interceptor
 from services.kit.interceptors import ServerInterceptor
+from services.kit.metrics import Metrics
+from services.kit.tracing import Tracing
 
 log = structlog.get_logger("tripmesh.server")
 
@@ -58,14 +60,29 @@ class BuiltServer:
 
 
 def build_server(
-    bindings: Sequence[ServiceBinding], *, address: str, domain: str, component: str | None = None
+    bindings: Sequence[ServiceBinding],
+    *,
+    address: str,
+    domain: str,
+    component: str | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> BuiltServer:
-    """`component` names the TRIPMESH_<COMPONENT>_FAULTS variable; by default it follows from `domain`."""
+    """`component` names the TRIPMESH_<COMPONENT>_FAULTS variable; by default it follows from `domain`.
+
+    Interceptors, outermost first: the tracing span (when tracing is on), the gRPC metrics (when
+    metrics are on: they see the final status code), the error interceptor, then injected faults
+    (inside the error interceptor, so injected errors become rich statuses, counted and traced).
+    """
     names = [b.full_name for b in bindings]
     faults = fault_interceptor(component or component_of(domain), names)
-    # The fault interceptor sits inside the error interceptor, so injected errors become rich statuses.
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...]
-    interceptors = (ServerInterceptor(domain),) if faults is None else (ServerInterceptor(domain), faults)
+    chain: list[grpc.aio.ServerInterceptor | None] = [
+        *(tracing.server_interceptors() if tracing is not None else ()),
+        metrics.interceptor() if metrics is not None else None,
+        ServerInterceptor(domain),
+        faults,
+    ]
+    interceptors = tuple(i for i in chain if i is not None)
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

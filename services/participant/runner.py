@@ -18,9 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.kit import logging as kit_logging
 from services.kit.clock import Clock, SystemClock
 from services.kit.db import create_schema, make_engine
+from services.kit.metrics import DbGauge, Metrics, MetricsSettings
 from services.kit.server import BuiltServer, ServiceBinding, build_server, serve_until_signalled
 from services.kit.settings import ServiceSettings, env_float
+from services.kit.tracing import Tracing
 from services.participant.domain import ParticipantDomain
+from services.participant.states import Status
 from services.participant.store import ReservationStore
 from services.participant.sweeper import sweep_forever
 
@@ -50,6 +53,8 @@ class RunningParticipant:
     engine: AsyncEngine
     store: ReservationStore[Any]
     domain: Any
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
 
     @property
     def port(self) -> int:
@@ -57,7 +62,28 @@ class RunningParticipant:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.built.stop(grace)
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         await self.engine.dispose()
+
+
+def holds_gauge(component: str, store: ReservationStore[Any]) -> DbGauge:
+    """`tripmesh_reservations{participant, state}`: read from the database when scraped."""
+
+    async def query() -> dict[tuple[str, ...], float]:
+        counts = await store.count_by_status()
+        return {(component, status.lower()): n for status, n in counts.items()}
+
+    return DbGauge(
+        "tripmesh_reservations",
+        "Reservations in this participant's database by state (tombstones count as cancelled).",
+        ["participant", "state"],
+        query,
+        asyncio.get_running_loop(),
+        always=[(component, status.value.lower()) for status in Status],
+    )
 
 
 async def start_participant(
@@ -68,7 +94,10 @@ async def start_participant(
     clock: Clock | None = None,
     hold_seconds: float = 900.0,
     sweep_seconds: float | None = 1.0,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> RunningParticipant:
+    """`metrics` (served or not, the caller's choice) gets the gRPC and holds metrics; `tracing` the spans."""
     clock = clock or SystemClock()
     engine = make_engine(database_url)
     await create_schema(engine, spec.metadata)
@@ -78,28 +107,58 @@ async def start_participant(
     domain = spec.make_domain(engine, clock)
     store: ReservationStore[Any] = ReservationStore(engine, spec.reservations, domain, clock, hold_seconds)
     servicer = spec.make_servicer(store, domain)
+    if metrics is not None:
+        metrics.registry.register(holds_gauge(spec.component, store))
     built = build_server(
-        [ServiceBinding(spec.full_name, spec.register, servicer)], address=address, domain=spec.full_name
+        [ServiceBinding(spec.full_name, spec.register, servicer)],
+        address=address,
+        domain=spec.full_name,
+        metrics=metrics,
+        tracing=tracing,
     )
     if sweep_seconds is not None:
         built.background.append(asyncio.create_task(sweep_forever(store, sweep_seconds)))
     built.background.extend(asyncio.create_task(job) for job in spec.background(engine, clock))
     await built.start()
-    return RunningParticipant(built=built, engine=engine, store=store, domain=domain)
+    return RunningParticipant(built=built, engine=engine, store=store, domain=domain, metrics=metrics, tracing=tracing)
 
 
 async def _serve(spec: ParticipantSpec) -> None:
     settings = ServiceSettings.from_env(spec.component)
-    kit_logging.configure(spec.component, fmt=settings.log_format, level=settings.log_level)
+    tracing = Tracing.from_env(spec.component)
+    kit_logging.configure(spec.component, fmt=settings.log_format, level=settings.log_level, trace_ids=bool(tracing))
+    metrics_settings = MetricsSettings.from_env(spec.component, host=settings.host)
+    metrics = Metrics(spec.component) if metrics_settings.enabled else None
+    # Bound first: a configured metrics port that is taken stops the process before it serves anything.
+    metrics_address = metrics.serve_configured(metrics_settings) if metrics is not None else None
+    if metrics_address is None:
+        metrics = None  # off, or a default port was taken (logged): no metrics at all
     running = await start_participant(
         spec,
         database_url=settings.database_url,
         address=f"{settings.host}:{settings.port}",
         hold_seconds=env_float(spec.component, "hold_seconds", 900.0),
         sweep_seconds=env_float(spec.component, "sweep_seconds", 1.0),
+        metrics=metrics,
+        tracing=tracing,
     )
-    log.info("participant_started", component=spec.component, port=running.port, database_url=settings.database_url)
-    await serve_until_signalled(running.built, grace_seconds=settings.grace_seconds, on_stop=running.engine.dispose)
+    log.info(
+        "participant_started",
+        component=spec.component,
+        port=running.port,
+        database_url=settings.database_url,
+        metrics=metrics_address,
+        tracing=tracing is not None,
+    )
+
+    async def close() -> None:
+        if metrics is not None:
+            metrics.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # flushes the last spans; may wait on the network
+        await running.engine.dispose()
+
+    await serve_until_signalled(running.built, grace_seconds=settings.grace_seconds, on_stop=close)
 
 
 def run_participant(spec: ParticipantSpec) -> None:

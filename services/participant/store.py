@@ -14,7 +14,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Generic
 
-from sqlalchemy import Row, Table, insert, select, update
+from sqlalchemy import Row, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -165,6 +165,15 @@ class ReservationStore(Generic[DetailsT]):
         if existing is None:
             raise ReservationNotFoundError(f"no reservation {reservation_id!r}")
         return existing
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many reservations are in each status (tombstones count as CANCELLED), for the metrics.
+
+        One GROUP BY over the (status, expire_at) index: read at scrape time, so right after a restart.
+        """
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(self.table.c.status, func.count()).group_by(self.table.c.status))
+            return {str(status): int(count) for status, count in rows}
 
     async def expire_due(self, limit: int = 500) -> int:
         """Release every hold past its expiry (the sweeper's job); returns how many were expired."""

@@ -7,8 +7,8 @@ coordinator reaches the participants over real gRPC on loopback.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,9 @@ from coordinator.participants import Addresses
 from coordinator.settings import CoordinatorSettings
 from services.flight.app import SPEC as FLIGHT
 from services.hotel.app import SPEC as HOTEL
+from services.kit.metrics import Metrics
 from services.kit.settings import ServiceSettings
+from services.kit.tracing import Tracing
 from services.notify.servicer import SPEC as NOTIFY
 from services.notify.smtp_sink import RunningSink, start_sink
 from services.participant.runner import RunningParticipant, start_participant
@@ -43,6 +45,9 @@ class Mesh:
     sink: RunningSink
     mail_dir: Path
     channel: grpc.aio.Channel
+    with_metrics: bool = False
+    tracing: Callable[[str], Tracing] | None = None
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # component -> its /metrics port
 
     @property
     def stub(self) -> trip_grpc.TripCoordinatorStub:
@@ -64,6 +69,7 @@ class Mesh:
             database_url=old.engine.url.render_as_string(hide_password=False),
             address=f"127.0.0.1:{old.port}",
             hold_seconds=hold_seconds,
+            **_observed(name, self.with_metrics, self.tracing, self.metrics_ports),
         )
 
     async def stop(self) -> None:
@@ -81,7 +87,12 @@ async def start_mesh(
     policy: RetryPolicy = FAST_POLICY,
     hold_seconds: float = 900.0,
     call_timeout: float = 5.0,
+    metrics: bool = False,
+    tracing: Callable[[str], Tracing] | None = None,
 ) -> Mesh:
+    """`metrics`: every component serves its own /metrics on a free port (`Mesh.metrics_ports`);
+    `tracing`: each component's Tracing, made by this factory from the component's name."""
+    ports: dict[str, int] = {}
     mail_dir = tmp_path / "mail"
     sink = await start_sink(port=0, directory=mail_dir)
     monkeypatch.setenv("TRIPMESH_NOTIFY_SMTP_HOST", "127.0.0.1")
@@ -89,7 +100,10 @@ async def start_mesh(
     monkeypatch.setenv("TRIPMESH_NOTIFY_OUTBOX_INTERVAL_SECONDS", "0.05")
     participants = {
         name: await start_participant(
-            spec, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db", hold_seconds=hold_seconds
+            spec,
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
+            hold_seconds=hold_seconds,
+            **_observed(name, metrics, tracing, ports),
         )
         for name, spec in SPECS.items()
     }
@@ -104,6 +118,19 @@ async def start_mesh(
         book_wait=30.0,
         policy=policy,
     )
-    coordinator = await start_coordinator(settings, address="127.0.0.1:0")
+    coordinator = await start_coordinator(
+        settings, address="127.0.0.1:0", **_observed("coordinator", metrics, tracing, ports)
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.port}")
-    return Mesh(participants, coordinator, sink, mail_dir, channel)
+    return Mesh(participants, coordinator, sink, mail_dir, channel, metrics, tracing, ports)
+
+
+def _observed(
+    name: str, metrics: bool, tracing: Callable[[str], Tracing] | None, ports: dict[str, int]
+) -> dict[str, Metrics | Tracing | None]:
+    """The metrics (served on a free port, recorded in `ports`) and tracing one component starts with."""
+    served = None
+    if metrics:
+        served = Metrics(name, process=False)
+        ports[name] = served.serve("127.0.0.1", 0)
+    return {"metrics": served, "tracing": tracing(name) if tracing is not None else None}
