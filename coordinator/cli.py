@@ -43,10 +43,12 @@ from coordinator.launcher import (
     MeshPlan,
     PlannedProcess,
     mesh_plan,
+    metrics_off,
     port_in_use,
     start_mesh,
 )
 from services.kit.healthcheck import connect_address
+from services.kit.tracing import otlp_endpoint
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -82,6 +84,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return 1
+    checked = _check_metrics_ports(plan)
+    if checked is None:
+        return 1
+    plan = checked
     os.makedirs(os.path.join(args.var_dir, "mail"), exist_ok=True)
     stop = threading.Event()
     received: list[int] = []
@@ -115,6 +121,27 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"tripmesh: stopped ({_exit_summary(codes)})", file=sys.stderr)
 
 
+def _check_metrics_ports(plan: MeshPlan) -> MeshPlan | None:
+    """A configured metrics port in use stops `up` (None); a default one only turns that /metrics off."""
+    for process in list(plan.processes):
+        if process.metrics is None or not port_in_use(process.metrics):
+            continue
+        variable = f"TRIPMESH_{process.component.prefix}_METRICS_PORT"
+        if process.metrics_explicit:
+            print(
+                f"tripmesh: {process.metrics} ({process.component.name} metrics) is already in use; set {variable}.",
+                file=sys.stderr,
+            )
+            return None
+        print(
+            f"tripmesh: {process.metrics} is in use; {process.component.name} runs without metrics "
+            f"(set {variable} to another port, or 0 to say so)",
+            file=sys.stderr,
+        )
+        plan = metrics_off(plan, next(p for p in plan.processes if p.component is process.component))
+    return plan
+
+
 def _start_mesh(launcher: Launcher, plan: MeshPlan, stop: threading.Event, *, timeout: float) -> None:
     def started(process: PlannedProcess, pid: int) -> None:
         print(f"tripmesh: started {process.component.name} (pid {pid}) on {process.listen}", file=sys.stderr)
@@ -129,11 +156,18 @@ def _up_banner(launcher: Launcher, plan: MeshPlan) -> str:
         for p in sorted(plan.processes, key=lambda p: p.component.name != "coordinator")
     ]
     coordinator = next(p.address for p in plan.processes if p.component.name == "coordinator")
+    metrics = [(p.component.name, f"http://{p.metrics}/metrics") for p in plan.processes if p.metrics]
+    endpoint = otlp_endpoint(os.environ)
+    tracing = f"OTLP to {endpoint}" if endpoint else "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send spans)"
     return "\n".join(
         [
             "",
             "tripmesh is up:",
             cli_format.format_endpoints(endpoints),
+            "",
+            "metrics (Prometheus):",
+            *(f"  {name:<12} {url}" for name, url in metrics),
+            f"tracing: {tracing}",
             "",
             f"try: {_grpcurl()} -plaintext {coordinator} describe tripmesh.v1.TripCoordinator"
             f"   or: tripmesh book --help   (Ctrl-C stops everything)",

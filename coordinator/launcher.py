@@ -15,6 +15,7 @@ the services read, so what the launcher prints is where the services really list
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import signal
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from services.kit.healthcheck import connect_address, grpc_serving, split_address, tcp_open
+from services.kit.metrics import DEFAULT_METRICS_PORTS
 
 Probe = Callable[[], bool]
 
@@ -240,6 +242,8 @@ class PlannedProcess:
     listen: str  # host:port the process binds
     address: str  # host:port to dial
     data: str  # its database (URL or file) or, for the sink, its mail directory
+    metrics: str | None = None  # host:port of its /metrics (TRIPMESH_<C>_METRICS_PORT), None when off
+    metrics_explicit: bool = False  # the metrics port was configured rather than the default
 
     @property
     def probe(self) -> Probe:
@@ -281,7 +285,8 @@ def mesh_plan(environ: Mapping[str, str], *, var_dir: str, json_logs: bool = Fal
         else:
             default_db = os.path.join(var_dir, f"{component.name}.db")
             data = environ.get(f"TRIPMESH_{component.prefix}_DATABASE_URL", default_db)
-        processes.append(PlannedProcess(component, listen, connect_address(listen), data))
+        metrics, explicit = _metrics_address(environ, component, host)
+        processes.append(PlannedProcess(component, listen, connect_address(listen), data, metrics, explicit))
     by_name = {p.component.name: p for p in processes}
     for participant in PARTICIPANTS:
         key = f"TRIPMESH_COORDINATOR_{participant.prefix}_ADDRESS"
@@ -289,6 +294,25 @@ def mesh_plan(environ: Mapping[str, str], *, var_dir: str, json_logs: bool = Fal
     sink_host, sink_port = split_address(by_name[SMTP_SINK.name].address)
     env["TRIPMESH_NOTIFY_SMTP_HOST"] = environ.get("TRIPMESH_NOTIFY_SMTP_HOST", sink_host)
     env["TRIPMESH_NOTIFY_SMTP_PORT"] = environ.get("TRIPMESH_NOTIFY_SMTP_PORT", str(sink_port))
+    return MeshPlan(env=env, processes=processes)
+
+
+def _metrics_address(environ: Mapping[str, str], component: Component, host: str) -> tuple[str | None, bool]:
+    """Where a component serves /metrics (as services/kit/metrics.py reads it), and whether configured."""
+    if component.kind != "grpc":
+        return None, False
+    raw = environ.get(f"TRIPMESH_{component.prefix}_METRICS_PORT")
+    port = raw if raw is not None else str(DEFAULT_METRICS_PORTS[component.name])
+    if port.strip() == "0":
+        return None, raw is not None
+    metrics_host = environ.get(f"TRIPMESH_{component.prefix}_METRICS_HOST", host)
+    return connect_address(f"{metrics_host}:{port.strip()}"), raw is not None
+
+
+def metrics_off(plan: MeshPlan, process: PlannedProcess) -> MeshPlan:
+    """The plan with `process`'s metrics turned off (its default port is taken by someone else)."""
+    env = {**plan.env, f"TRIPMESH_{process.component.prefix}_METRICS_PORT": "0"}
+    processes = [dataclasses.replace(p, metrics=None) if p is process else p for p in plan.processes]
     return MeshPlan(env=env, processes=processes)
 
 

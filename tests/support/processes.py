@@ -44,9 +44,11 @@ DEFAULT_PORTS = {
     "notify": 50054,
     "smtp-sink": 2525,
 }
+METRICS = ("coordinator", "flight", "hotel", "payment", "notify")  # TRIPMESH_<C>_METRICS_PORT
 BANNER = "tripmesh is up:"
 STARTED = re.compile(r"^tripmesh: started (?P<name>[\w-]+) \(pid (?P<pid>\d+)\)", re.M)
 BANNER_ROW = re.compile(r"^(?P<name>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S+)\s+(?P<pid>\d+)$")
+METRICS_ROW = re.compile(r"^(?P<name>[\w-]+)\s+http://(?P<address>\S+:\d+)/metrics$")
 
 
 def free_ports(count: int) -> list[int]:
@@ -119,6 +121,7 @@ class RunningMesh:
     stdout_path: Path
     stderr_path: Path
     banner: dict[str, BannerRow] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)  # component -> host:port of its /metrics, per the banner
     children: dict[str, Pid] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
@@ -184,17 +187,24 @@ class RunningMesh:
         for line in text.split(BANNER, 1)[1].splitlines():
             if match := BANNER_ROW.match(line.strip()):
                 self.banner[match["name"]] = BannerRow(match["address"], match["data"], int(match["pid"]))
+            elif match := METRICS_ROW.match(line.strip()):
+                self.metrics[match["name"]] = match["address"]
         self.children = {name: Pid.of(name, row.pid) for name, row in self.banner.items()}
 
 
-def mesh_env(ports: Mapping[str, int], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without any TRIPMESH_* of a developer's, plus one port per component.
+def mesh_env(
+    ports: Mapping[str, int], base: Mapping[str, str] | None = None, metrics_ports: Mapping[str, int] | None = None
+) -> dict[str, str]:
+    """The caller's environment without any TRIPMESH_* of a developer's, plus one port per component
+    (and one metrics port each, when given: never the defaults, which a `make run` may hold).
 
     Nothing else: the participant addresses the coordinator dials and notify's SMTP server are what
     the launcher derives from these ports, as it does for `make run`.
     """
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("TRIPMESH_")}
     env.update({f"TRIPMESH_{PORT_PREFIXES[name]}_PORT": str(port) for name, port in ports.items()})
+    for name, port in (metrics_ports or {}).items():
+        env[f"TRIPMESH_{PORT_PREFIXES[name]}_METRICS_PORT"] = str(port)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -206,10 +216,18 @@ def tripmesh_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def tripmesh_up(work_dir: Path, *, startup_timeout: float = 60.0, stop_timeout: float = 20.0) -> Iterator[RunningMesh]:
+def tripmesh_up(
+    work_dir: Path,
+    *,
+    startup_timeout: float = 60.0,
+    stop_timeout: float = 20.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[RunningMesh]:
     """Run `tripmesh up --var-dir <work_dir>/var` on free ports until the block ends; stop it by PID."""
-    ports = dict(zip(PORT_PREFIXES, free_ports(len(PORT_PREFIXES)), strict=True))
-    env = mesh_env(ports)
+    free = free_ports(len(PORT_PREFIXES) + len(METRICS))
+    ports = dict(zip(PORT_PREFIXES, free[: len(PORT_PREFIXES)], strict=True))
+    env = mesh_env(ports, metrics_ports=dict(zip(METRICS, free[len(PORT_PREFIXES) :], strict=True)))
+    env.update(extra_env or {})
     var_dir = work_dir / "var"
     stdout_path, stderr_path = work_dir / "up.stdout", work_dir / "up.stderr"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
