@@ -3,6 +3,7 @@
     python -m bench                 # the full run (about 15 minutes on 2 cores)
     python -m bench --quick         # a smoke run (1-2 minutes): every scenario, small numbers
     python -m bench --profile       # py-spy on the coordinator during a c=16 run -> results/profile.md
+    python -m bench --observability # tripmesh with metrics + tracing on vs off, round by round
 
 Writes bench/results/latest.{md,png,json} and a timestamped copy of each, and prints the table.
 Every process it starts is stopped by PID on the way out, also on Ctrl-C or an error.
@@ -66,6 +67,8 @@ def build_config(args: argparse.Namespace) -> Config:
         changes["recovery_limit"] = args.recovery_limit
     if args.coordinators:
         changes["kinds"] = tuple(args.coordinators.split(","))
+    if args.observability:
+        changes["kinds"] = ("tripmesh", "observed")
     return dataclasses.replace(config, **changes)
 
 
@@ -114,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, help="trips left in flight for scale and recovery (default 10000)")
     parser.add_argument("--recovery-limit", type=float, help="seconds to wait for recovery to finish (default 300)")
     parser.add_argument("--coordinators", help="which of tripmesh,nolog,dbos to measure (default all three)")
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="throughput of tripmesh with metrics + tracing on (d) vs off (a), pairwise; skips scale and recovery",
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-recovery", action="store_true", help="skip scale and recovery")
     parser.add_argument("--profile", action="store_true", help="py-spy the coordinator during a c=16 run instead")
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args(argv)
     config = build_config(args)
+    if args.observability:
+        args.skip_recovery = True
     for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job inherits it ignored
         signal.signal(signum, _on_signal)
     work = Path(tempfile.mkdtemp(prefix="tripmesh-bench-"))

@@ -28,16 +28,18 @@ from services.kit.healthcheck import grpc_serving, tcp_open
 
 REPO = Path(__file__).resolve().parents[1]
 PARTICIPANTS = ("flight", "hotel", "payment", "notify")
-CoordinatorKind = Literal["tripmesh", "nolog", "dbos"]
+CoordinatorKind = Literal["tripmesh", "nolog", "dbos", "observed"]
 COORDINATOR_MODULES: dict[CoordinatorKind, str] = {
     "tripmesh": "coordinator",
     "nolog": "coordinator",
     "dbos": "bench.dbos_coordinator",
+    "observed": "coordinator",
 }
 COORDINATOR_LABELS: dict[CoordinatorKind, str] = {
     "tripmesh": "(a) tripmesh",
     "nolog": "(b) no step log",
     "dbos": "(c) DBOS workflow",
+    "observed": "(d) tripmesh + metrics + tracing",
 }
 
 
@@ -195,11 +197,22 @@ def wait_until(probe: object, procs: list[Proc], *, timeout: float, what: str) -
 class Mesh:
     """One var dir, one set of ports; participants started once, coordinators started and stopped."""
 
-    def __init__(self, var_dir: Path, *, participant_faults: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        var_dir: Path,
+        *,
+        participant_faults: Mapping[str, str] | None = None,
+        otlp_endpoint: str | None = None,
+    ) -> None:
+        """`otlp_endpoint`: every process serves /metrics on a free port and sends its spans there;
+        None: metrics and tracing off in every process (the baseline)."""
         self.var_dir = var_dir
         self.log_dir = var_dir / "logs"
         names = ["smtp-sink", *PARTICIPANTS, "coordinator"]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self.otlp_endpoint = otlp_endpoint
+        observed = (*PARTICIPANTS, "coordinator") if otlp_endpoint else ()
+        self.metrics_ports = dict(zip(observed, free_ports(len(observed)), strict=True))
         self.participant_faults = dict(participant_faults or {})
         self.procs: dict[str, Proc] = {}
 
@@ -223,7 +236,16 @@ class Mesh:
             env[f"TRIPMESH_{prefix}_DATABASE_URL"] = f"sqlite+aiosqlite:///{self.db_path(name)}"
         for name in PARTICIPANTS:
             env[f"TRIPMESH_COORDINATOR_{name.upper()}_ADDRESS"] = self.address(name)
+        for name in (*PARTICIPANTS, "coordinator"):
+            env[f"TRIPMESH_{name.upper()}_METRICS_PORT"] = str(self.metrics_ports.get(name, 0))
+        for variable in [v for v in env if v.startswith("OTEL_")]:
+            del env[variable]
+        if self.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
         return env
+
+    def metrics_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.metrics_ports.values()]
 
     def start_participants(self, timeout: float = 60.0) -> None:
         """The SMTP sink, then the four participants together, each healthy before this returns."""

@@ -16,6 +16,10 @@ PROCESSES = ("coordinator", *PARTICIPANTS, "smtp-sink")
 MESH = ("coordinator", *PARTICIPANTS, "smtp-sink")
 
 
+def _mesh_cpu(point: Point) -> float:
+    return sum(point.cpu_per_trip.get(name, 0.0) for name in MESH)
+
+
 def median(values: Iterable[float]) -> float:
     data = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(data) if data else float("nan")
@@ -211,6 +215,17 @@ def markdown(
                     f"{_ms(summary.med(kind, c, lambda p: p.p99))} | {confirmed} / {sent} |"
                 )
         add("")
+        if "observed" in summary.kinds and "tripmesh" in summary.kinds:
+            add("## Cost of metrics and tracing: (d) with both on / (a) with both off, same round")
+            add("")
+            add("| c | trips/s (d) / (a) | p50 (d) / (a) | mesh CPU per trip (d) / (a) |")
+            add("|---:|---:|---:|---:|")
+            for c in summary.concurrencies:
+                if summary.of("observed", c) and summary.of("tripmesh", c):
+                    p50 = summary.med("observed", c, lambda p: p.p50) / summary.med("tripmesh", c, lambda p: p.p50)
+                    cpu = summary.med("observed", c, _mesh_cpu) / summary.med("tripmesh", c, _mesh_cpu)
+                    add(f"| {c} | {summary.ratio('observed', 'tripmesh', c):.2f} | {p50:.2f} | {cpu:.2f} |")
+            add("")
         add("## CPU per trip (ms of user+system CPU, by process)")
         add("")
         add("| coordinator | c | " + " | ".join(PROCESSES) + " | whole mesh | load generator |")
@@ -340,7 +355,7 @@ def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f} s"
 
 
-COLORS = {"tripmesh": "#1f77b4", "nolog": "#7f7f7f", "dbos": "#d62728"}
+COLORS = {"tripmesh": "#1f77b4", "nolog": "#7f7f7f", "dbos": "#d62728", "observed": "#2ca02c"}
 
 
 def chart(summary: Summary | None, scale: ScaleRecovery | None, path: Path, title: str) -> None:

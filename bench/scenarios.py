@@ -42,6 +42,7 @@ from bench.mesh import (
     db_bytes,
     failure_reasons,
 )
+from bench.observe import Observer
 
 HOLD_MARKER = "hold-"
 HOLD_RULE = json.dumps([{"method": "Reserve", "match": HOLD_MARKER, "latency_ms": 3_600_000}])
@@ -265,7 +266,12 @@ def run_throughput(config: Config, work: Path, progress: Progress, log: Callable
     for round_no in range(config.rounds):
         for kind in round_order(config.kinds, round_no):
             var_dir = work / f"round{round_no + 1}-{kind}"
-            mesh = Mesh(var_dir)
+            observer = Observer() if kind == "observed" else None
+            if observer is not None:
+                observer.__enter__()
+            mesh = Mesh(var_dir, otlp_endpoint=observer.endpoint if observer else None)
+            if observer is not None:
+                observer.targets = mesh.metrics_addresses()
             try:
                 progress.phase(f"round {round_no + 1}/{config.rounds} {kind}: starting")
                 mesh.start_participants()
@@ -303,6 +309,12 @@ def run_throughput(config: Config, work: Path, progress: Progress, log: Callable
                         )
             finally:
                 mesh.stop()
+                if observer is not None:
+                    observer.__exit__()
+                    log(
+                        f"round {round_no + 1} observed: {observer.counter.spans} spans received, "
+                        f"{observer.scrapes} scrapes ({observer.scrape_errors} failed)"
+                    )
             shutil.rmtree(var_dir, ignore_errors=True)
     return points
 
