@@ -270,12 +270,12 @@ def run_throughput(config: Config, work: Path, progress: Progress, log: Callable
             if observer is not None:
                 observer.__enter__()
             mesh = Mesh(var_dir, otlp_endpoint=observer.endpoint if observer else None)
-            if observer is not None:
-                observer.targets = mesh.metrics_addresses()
             try:
                 progress.phase(f"round {round_no + 1}/{config.rounds} {kind}: starting")
                 mesh.start_participants()
                 mesh.start_coordinator(kind)
+                if observer is not None:  # scraped from now on, every process being up
+                    observer.targets = mesh.metrics_addresses()
                 plan = TripPlan(f"r{round_no + 1}")
                 progress.phase(f"round {round_no + 1}/{config.rounds} {kind}: warm-up")
                 asyncio.run(

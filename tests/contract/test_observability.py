@@ -21,50 +21,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from coordinator.audit import audit
 from services.kit.tracing import Tracing
+from tests.support.bookings import lisbon, vienna_sold_out
 from tests.support.mesh import Mesh, start_mesh
 from tests.support.scrape import Samples, scrape
 from tripmesh.v1 import common_pb2 as common_pb
-from tripmesh.v1 import flight_service_pb2 as flight_pb
-from tripmesh.v1 import hotel_service_pb2 as hotel_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 
 pytestmark = pytest.mark.contract
 
 PARTICIPANTS = ("flight", "hotel", "payment", "notify")
-
-
-def lisbon(trip_id: str, payment_method: str = "pm_ada_visa") -> trip_pb.BookTripRequest:
-    return trip_pb.BookTripRequest(
-        trip_id=trip_id,
-        customer=trip_pb.Customer(customer_id="cust-ada", email="ada@example.com"),
-        flight=trip_pb.TripFlight(
-            outbound_flight_id="TM101-20270315", cabin=flight_pb.CABIN_ECONOMY, passenger_count=1
-        ),
-        hotel=trip_pb.TripHotel(
-            hotel_id="lis-alfama",
-            room_type=hotel_pb.ROOM_TYPE_STANDARD,
-            check_in=common_pb.Date(year=2027, month=3, day=15),
-            check_out=common_pb.Date(year=2027, month=3, day=17),
-        ),
-        payment_method_id=payment_method,
-    )
-
-
-def vienna_sold_out(trip_id: str) -> trip_pb.BookTripRequest:
-    return trip_pb.BookTripRequest(
-        trip_id=trip_id,
-        customer=trip_pb.Customer(customer_id="cust-ada", email="ada@example.com"),
-        flight=trip_pb.TripFlight(
-            outbound_flight_id="TM401-20270316", cabin=flight_pb.CABIN_BUSINESS, passenger_count=9
-        ),
-        hotel=trip_pb.TripHotel(
-            hotel_id="vie-ringstrasse",
-            room_type=hotel_pb.ROOM_TYPE_DELUXE,
-            check_in=common_pb.Date(year=2027, month=3, day=16),
-            check_out=common_pb.Date(year=2027, month=3, day=19),
-        ),
-        payment_method_id="pm_ada_visa",
-    )
 
 
 async def book(mesh: Mesh, request: trip_pb.BookTripRequest) -> trip_pb.Trip:

@@ -24,7 +24,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.contract.test_observability import lisbon, vienna_sold_out
+from tests.support.bookings import lisbon, vienna_sold_out
 from tests.support.processes import RunningMesh, tripmesh_up
 from tests.support.scrape import scrape
 from tripmesh.v1 import common_pb2 as common_pb
