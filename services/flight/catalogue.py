@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from services.flight.domain import CATALOGUE_DAYS, CATALOGUE_START, Cabin
 from services.flight.models import airports, flight_cabins, flights
@@ -153,11 +153,11 @@ def _flight_rows(day: date) -> Iterator[tuple[dict[str, Any], list[dict[str, Any
                 yield flight, cabins
 
 
-async def seed_catalogue(conn: AsyncConnection) -> None:
+def seed_catalogue(conn: Connection) -> None:
     """Load the catalogue into an empty database; a database that has airports already is left alone."""
-    if (await conn.execute(select(airports.c.code).limit(1))).first() is not None:
+    if (conn.execute(select(airports.c.code).limit(1))).first() is not None:
         return
-    await conn.execute(
+    conn.execute(
         insert(airports),
         [{"code": a.code, "name": a.name, "city": a.city, "country": a.country} for a in AIRPORTS],
     )
@@ -167,5 +167,5 @@ async def seed_catalogue(conn: AsyncConnection) -> None:
         for flight, cabins in _flight_rows(day):
             flight_rows.append(flight)
             cabin_rows.extend(cabins)
-    await conn.execute(insert(flights), flight_rows)
-    await conn.execute(insert(flight_cabins), cabin_rows)
+    conn.execute(insert(flights), flight_rows)
+    conn.execute(insert(flight_cabins), cabin_rows)

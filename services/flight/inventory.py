@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.flight.domain import (
     Cabin,
@@ -63,8 +64,8 @@ class FlightInventory:
     def to_json(self, details: FlightBooking) -> dict[str, Any]:
         return details.to_json()
 
-    async def hold(self, conn: AsyncConnection, details: FlightBooking) -> Money:
-        legs = await self._legs(conn, details.flight_ids)
+    def hold(self, conn: Connection, details: FlightBooking) -> Money:
+        legs = self._legs(conn, details.flight_ids)
         outbound = legs.get(details.outbound_flight_id)
         if outbound is None:
             raise unknown_flight("outbound_flight_id", details.outbound_flight_id)
@@ -73,14 +74,14 @@ class FlightInventory:
             if back is None:
                 raise unknown_flight("return_flight_id", details.return_flight_id)
             check_return(outbound, back)
-        fares = [await self._take(conn, flight_id, details) for flight_id in sorted(details.flight_ids)]
+        fares = [self._take(conn, flight_id, details) for flight_id in sorted(details.flight_ids)]
         return price(fares, details.passenger_count)
 
-    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+    def confirm(self, conn: Connection, record: Record) -> None:
         booking = FlightBooking.from_json(record.details)
         n = booking.passenger_count
         for flight_id in sorted(booking.flight_ids):
-            result = await conn.execute(
+            result = conn.execute(
                 update(flight_cabins)
                 .where(_cabin_row(flight_id, booking.cabin), flight_cabins.c.held >= n)
                 .values(held=flight_cabins.c.held - n, confirmed=flight_cabins.c.confirmed + n)
@@ -89,12 +90,12 @@ class FlightInventory:
             if result.first() is None:
                 raise InventoryMismatchError(f"{record.reservation_id}: fewer than {n} seats held on {flight_id}")
 
-    async def release(self, conn: AsyncConnection, record: Record) -> None:
+    def release(self, conn: Connection, record: Record) -> None:
         booking = FlightBooking.from_json(record.details)
         n = booking.passenger_count
         column = flight_cabins.c.confirmed if record.status is Status.CONFIRMED else flight_cabins.c.held
         for flight_id in sorted(booking.flight_ids):
-            result = await conn.execute(
+            result = conn.execute(
                 update(flight_cabins)
                 .where(_cabin_row(flight_id, booking.cabin), column >= n)
                 .values({column: column - n})
@@ -129,8 +130,8 @@ class FlightInventory:
 
         return await db_retry(work)
 
-    async def _legs(self, conn: AsyncConnection, flight_ids: Sequence[str]) -> dict[str, Leg]:
-        rows = await conn.execute(
+    def _legs(self, conn: Connection, flight_ids: Sequence[str]) -> dict[str, Leg]:
+        rows = conn.execute(
             select(
                 flights.c.flight_id,
                 flights.c.origin,
@@ -141,11 +142,11 @@ class FlightInventory:
         )
         return {row.flight_id: Leg(*row) for row in rows}
 
-    async def _take(self, conn: AsyncConnection, flight_id: str, booking: FlightBooking) -> int:
+    def _take(self, conn: Connection, flight_id: str, booking: FlightBooking) -> int:
         """Hold the booking's seats on one flight in one conditional UPDATE; return one seat's fare."""
         n = booking.passenger_count
         cabin = flight_cabins.c
-        result = await conn.execute(
+        result = conn.execute(
             update(flight_cabins)
             .where(_cabin_row(flight_id, booking.cabin), cabin.capacity - cabin.held - cabin.confirmed >= n)
             .values(held=cabin.held + n)
@@ -154,7 +155,7 @@ class FlightInventory:
         fare = result.scalar_one_or_none()
         if fare is not None:
             return int(fare)
-        left = await conn.execute(
+        left = conn.execute(
             select(cabin.capacity - cabin.held - cabin.confirmed).where(_cabin_row(flight_id, booking.cabin))
         )
         available = int(left.scalar_one_or_none() or 0)

@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from services.hotel.domain import CATALOGUE_DAYS, CATALOGUE_START, RoomType
 from services.hotel.models import hotels, room_nights
@@ -69,12 +69,12 @@ def _room_night_rows() -> Iterator[dict[str, Any]]:
                 }
 
 
-async def seed_catalogue(conn: AsyncConnection) -> None:
+def seed_catalogue(conn: Connection) -> None:
     """Load the catalogue into an empty database; a database that has hotels already is left alone."""
-    if (await conn.execute(select(hotels.c.hotel_id).limit(1))).first() is not None:
+    if (conn.execute(select(hotels.c.hotel_id).limit(1))).first() is not None:
         return
-    await conn.execute(
+    conn.execute(
         insert(hotels),
         [{"hotel_id": h.hotel_id, "name": h.name, "city": h.city, "stars": h.stars} for h in HOTELS],
     )
-    await conn.execute(insert(room_nights), list(_room_night_rows()))
+    conn.execute(insert(room_nights), list(_room_night_rows()))

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.hotel.domain import (
@@ -50,12 +51,12 @@ class HotelInventory:
     def to_json(self, details: HotelBooking) -> dict[str, Any]:
         return details.to_json()
 
-    async def hold(self, conn: AsyncConnection, details: HotelBooking) -> Money:
-        known = await conn.execute(select(hotels.c.hotel_id).where(hotels.c.hotel_id == details.hotel_id))
+    def hold(self, conn: Connection, details: HotelBooking) -> Money:
+        known = conn.execute(select(hotels.c.hotel_id).where(hotels.c.hotel_id == details.hotel_id))
         if known.first() is None:
             raise unknown_hotel(details.hotel_id)
         n = details.room_count
-        result = await conn.execute(
+        result = conn.execute(
             update(room_nights)
             .where(_stay(details), _free >= n)
             .values(held=room_nights.c.held + n)
@@ -63,13 +64,13 @@ class HotelInventory:
         )
         taken = result.all()
         if len(taken) < details.nights:
-            await self._sold_out(conn, details, {row.night for row in taken})
+            self._sold_out(conn, details, {row.night for row in taken})
         return price([int(row.rate_minor) for row in taken], n)
 
-    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+    def confirm(self, conn: Connection, record: Record) -> None:
         booking = HotelBooking.from_json(record.details)
         n = booking.room_count
-        result = await conn.execute(
+        result = conn.execute(
             update(room_nights)
             .where(_stay(booking), room_nights.c.held >= n)
             .values(held=room_nights.c.held - n, confirmed=room_nights.c.confirmed + n)
@@ -78,11 +79,11 @@ class HotelInventory:
         if len(result.all()) != booking.nights:
             raise InventoryMismatchError(f"{record.reservation_id}: fewer than {n} rooms held on some night")
 
-    async def release(self, conn: AsyncConnection, record: Record) -> None:
+    def release(self, conn: Connection, record: Record) -> None:
         booking = HotelBooking.from_json(record.details)
         n = booking.room_count
         column = room_nights.c.confirmed if record.status is Status.CONFIRMED else room_nights.c.held
-        result = await conn.execute(
+        result = conn.execute(
             update(room_nights)
             .where(_stay(booking), column >= n)
             .values({column: column - n})
@@ -144,9 +145,9 @@ class HotelInventory:
             room_offers.sort(key=lambda offer: ROOM_ORDER[offer.room_type])
         return offers
 
-    async def _sold_out(self, conn: AsyncConnection, booking: HotelBooking, taken: set[date]) -> None:
+    def _sold_out(self, conn: Connection, booking: HotelBooking, taken: set[date]) -> None:
         """Raise SoldOutError naming the first night of the stay that has too few rooms."""
-        rows = await conn.execute(
+        rows = conn.execute(
             select(room_nights.c.night, _free.label("free")).where(_stay(booking)).order_by(room_nights.c.night)
         )
         short = next((row for row in rows if row.night not in taken), None)

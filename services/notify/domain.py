@@ -17,7 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.clock import Clock
 from services.kit.errors import FieldViolation, InvalidRequestError
@@ -108,12 +109,12 @@ class NotifyDomain:
     def to_json(self, details: MessageDetails) -> dict[str, Any]:
         return {"recipient": details.recipient, "subject": details.subject, "body": details.body}
 
-    async def hold(self, conn: AsyncConnection, details: MessageDetails) -> Money:
+    def hold(self, conn: Connection, details: MessageDetails) -> Money:
         validate_message(details)
         return FREE
 
-    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
-        await conn.execute(
+    def confirm(self, conn: Connection, record: Record) -> None:
+        conn.execute(
             insert(outbox).values(
                 reservation_id=record.reservation_id,
                 recipient=record.details["recipient"],
@@ -126,10 +127,10 @@ class NotifyDomain:
         )
         self.on_queued()
 
-    async def release(self, conn: AsyncConnection, record: Record) -> None:
+    def release(self, conn: Connection, record: Record) -> None:
         if record.status is not Status.CONFIRMED:
             return  # a staged message lives only in the reservation row, which the store cancels
-        await conn.execute(
+        conn.execute(
             update(outbox)
             .where(outbox.c.reservation_id == record.reservation_id, outbox.c.state == DeliveryState.PENDING.value)
             .values(state=DeliveryState.DISCARDED.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -57,7 +58,14 @@ def _make_servicer(store: ReservationStore[Any], domain: Any) -> NotificationSer
 
 
 def _make_domain(engine: AsyncEngine, clock: Clock) -> NotifyDomain:
-    return NotifyDomain(engine, clock, on_queued=outbox.doorbell_for(engine).set)
+    # Confirm runs on the database's worker thread: the doorbell is rung on the loop that owns it.
+    loop = asyncio.get_running_loop()
+    doorbell = outbox.doorbell_for(engine)
+
+    def ring() -> None:
+        loop.call_soon_threadsafe(doorbell.set)
+
+    return NotifyDomain(engine, clock, on_queued=ring)
 
 
 SPEC = ParticipantSpec(

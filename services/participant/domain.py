@@ -1,7 +1,8 @@
 """What a participant service implements: its domain only (what is held, its price, its capacity).
 
 The store calls these inside the transaction that writes the reservation row, so the business change
-and the idempotency fence commit or roll back together.
+and the idempotency fence commit or roll back together. They are synchronous: the store runs the whole
+transaction on the database's worker thread (services.kit.db.Database), never on the event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from services.kit.money import Money
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
+    from sqlalchemy.engine import Connection
 
     from services.participant.states import Record
 
@@ -28,14 +29,14 @@ class ParticipantDomain(Protocol[DetailsContraT]):
         """The details as stored with the reservation (and fingerprinted for P1)."""
         ...
 
-    async def hold(self, conn: AsyncConnection, details: DetailsContraT) -> Money:
+    def hold(self, conn: Connection, details: DetailsContraT) -> Money:
         """Take capacity for the details and price them; raise InvalidRequestError, SoldOutError, ..."""
         ...
 
-    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+    def confirm(self, conn: Connection, record: Record) -> None:
         """Make the held capacity permanent (payment: capture)."""
         ...
 
-    async def release(self, conn: AsyncConnection, record: Record) -> None:
+    def release(self, conn: Connection, record: Record) -> None:
         """Give back what record holds; record.status says HELD or CONFIRMED (payment: void or refund)."""
         ...

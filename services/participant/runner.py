@@ -7,17 +7,18 @@ service's `__main__`: it does the same from the environment and serves until sig
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from sqlalchemy import MetaData, Table
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit import logging as kit_logging
 from services.kit.clock import Clock, SystemClock
-from services.kit.db import create_schema, make_engine
+from services.kit.db import Database, create_schema, make_engine
 from services.kit.metrics import DbGauge, Metrics, MetricsSettings
 from services.kit.server import BuiltServer, ServiceBinding, build_server, serve_until_signalled
 from services.kit.settings import ServiceSettings, env_float
@@ -41,7 +42,7 @@ class ParticipantSpec:
     register: Callable[[Any, Any], None]
     make_domain: Callable[[AsyncEngine, Clock], ParticipantDomain[Any]]
     make_servicer: Callable[[ReservationStore[Any], Any], Any]
-    seed: Callable[[AsyncConnection], Awaitable[None]] | None = None
+    seed: Callable[[Connection], None] | None = None
     background: Callable[[AsyncEngine, Clock], list[Coroutine[Any, Any, None]]] = field(
         default=lambda _engine, _clock: []
     )
@@ -50,7 +51,8 @@ class ParticipantSpec:
 @dataclass
 class RunningParticipant:
     built: BuiltServer
-    engine: AsyncEngine
+    db: Database  # the reservation transactions (one worker thread)
+    engine: AsyncEngine  # catalogue queries, the outbox, and readers such as tests
     store: ReservationStore[Any]
     domain: Any
     metrics: Metrics | None = None
@@ -66,6 +68,10 @@ class RunningParticipant:
             self.metrics.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)
+        await self.dispose()
+
+    async def dispose(self) -> None:
+        await self.db.dispose()
         await self.engine.dispose()
 
 
@@ -101,11 +107,11 @@ async def start_participant(
     clock = clock or SystemClock()
     engine = make_engine(database_url)
     await create_schema(engine, spec.metadata)
+    db = Database(database_url)
     if spec.seed is not None:
-        async with engine.begin() as conn:
-            await spec.seed(conn)
+        await db.transaction(spec.seed)
     domain = spec.make_domain(engine, clock)
-    store: ReservationStore[Any] = ReservationStore(engine, spec.reservations, domain, clock, hold_seconds)
+    store: ReservationStore[Any] = ReservationStore(db, spec.reservations, domain, clock, hold_seconds)
     servicer = spec.make_servicer(store, domain)
     if metrics is not None:
         metrics.registry.register(holds_gauge(spec.component, store))
@@ -120,7 +126,9 @@ async def start_participant(
         built.background.append(asyncio.create_task(sweep_forever(store, sweep_seconds)))
     built.background.extend(asyncio.create_task(job) for job in spec.background(engine, clock))
     await built.start()
-    return RunningParticipant(built=built, engine=engine, store=store, domain=domain, metrics=metrics, tracing=tracing)
+    return RunningParticipant(
+        built=built, db=db, engine=engine, store=store, domain=domain, metrics=metrics, tracing=tracing
+    )
 
 
 async def _serve(spec: ParticipantSpec) -> None:
@@ -156,7 +164,7 @@ async def _serve(spec: ParticipantSpec) -> None:
             metrics.close()
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # flushes the last spans; may wait on the network
-        await running.engine.dispose()
+        await running.dispose()
 
     await serve_until_signalled(running.built, grace_seconds=settings.grace_seconds, on_stop=close)
 

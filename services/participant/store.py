@@ -1,25 +1,28 @@
 """The reservation transactions every participant shares: Reserve, Confirm, Cancel, Get, expiry (P1-P6).
 
-Each call is one transaction on the service's own database: read the reservation row (locked where
-the backend can), ask the pure state machine what to do, apply the domain's business change and the
-row change together, commit. The primary key on reservation_id guards the race of two first Reserves
+Each call is one transaction on the service's own database, run whole on the database's worker
+thread (kit.db.Database: one hop from the event loop per call): read the reservation row (locked
+where the backend can), ask the pure state machine what to do, apply the domain's business change and
+the row change together, commit. The primary key on reservation_id guards the race of two first Reserves
 with one id: the loser re-reads and is answered as a repeat.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Table, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.kit.clock import Clock
-from services.kit.db import db_retry
+from services.kit.db import Database, db_retry
 from services.kit.errors import (
     HoldExpiredError,
     InvalidRequestError,
@@ -31,6 +34,8 @@ from services.kit.errors import (
 from services.kit.money import CATALOGUE_CURRENCY
 from services.participant.domain import DetailsT, ParticipantDomain
 from services.participant.states import Decision, Record, Status, on_cancel, on_confirm, on_reserve
+
+T = TypeVar("T")
 
 RESERVATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -51,13 +56,13 @@ def fingerprint(details: dict[str, Any]) -> str:
 class ReservationStore(Generic[DetailsT]):
     def __init__(
         self,
-        engine: AsyncEngine,
+        db: Database,
         table: Table,
         domain: ParticipantDomain[DetailsT],
         clock: Clock,
         hold_seconds: float,
     ) -> None:
-        self.engine = engine
+        self.db = db
         self.table = table
         self.domain = domain
         self.clock = clock
@@ -68,33 +73,32 @@ class ReservationStore(Generic[DetailsT]):
         stored = self.domain.to_json(details)
         fp = fingerprint(stored)
 
-        async def work() -> Record | Exception:
-            async with self.engine.begin() as conn:
-                now = self.clock.now()
-                existing = await self._read(conn, reservation_id)
-                decision = on_reserve(existing, fp, now)
-                if decision is Decision.HOLD:
-                    price = await self.domain.hold(conn, details)
-                    record = Record(
-                        reservation_id,
-                        Status.HELD,
-                        fp,
-                        stored,
-                        price.minor_units,
-                        price.currency,
-                        now + self.hold,
-                        now,
-                        now,
-                    )
-                    await conn.execute(insert(self.table).values(**_row_values(record)))
-                    return record
-                if decision is Decision.EXPIRE:
-                    assert existing is not None
-                    await self._expire(conn, existing, now)
-                return self._refusal(decision, reservation_id) if decision is not Decision.RETURN else _some(existing)
+        def work(conn: Connection) -> Record | Exception:
+            now = self.clock.now()
+            existing = self._read(conn, reservation_id)
+            decision = on_reserve(existing, fp, now)
+            if decision is Decision.HOLD:
+                price = self.domain.hold(conn, details)
+                record = Record(
+                    reservation_id,
+                    Status.HELD,
+                    fp,
+                    stored,
+                    price.minor_units,
+                    price.currency,
+                    now + self.hold,
+                    now,
+                    now,
+                )
+                conn.execute(insert(self.table).values(**_row_values(record)))
+                return record
+            if decision is Decision.EXPIRE:
+                assert existing is not None
+                self._expire(conn, existing, now)
+            return self._refusal(decision, reservation_id) if decision is not Decision.RETURN else _some(existing)
 
         try:
-            outcome = await db_retry(work)
+            outcome = await self._transaction(work)
         except IntegrityError:
             # Lost the race for a new id to a concurrent Reserve: answer as the repeat it is. Once only:
             # a second IntegrityError is a broken constraint, not a race.
@@ -108,23 +112,22 @@ class ReservationStore(Generic[DetailsT]):
     async def confirm(self, reservation_id: str) -> Record:
         check_reservation_id(reservation_id)
 
-        async def work() -> Record | Exception:
-            async with self.engine.begin() as conn:
-                now = self.clock.now()
-                existing = await self._read(conn, reservation_id)
-                decision = on_confirm(existing, now)
-                if decision is Decision.CONFIRM:
-                    assert existing is not None
-                    await self.domain.confirm(conn, existing)
-                    return await self._transition(conn, existing, Status.CONFIRMED, now)
-                if decision is Decision.EXPIRE:
-                    assert existing is not None
-                    await self._expire(conn, existing, now)
-                if decision is Decision.RETURN:
-                    return _some(existing)
-                return self._refusal(decision, reservation_id, confirming=True)
+        def work(conn: Connection) -> Record | Exception:
+            now = self.clock.now()
+            existing = self._read(conn, reservation_id)
+            decision = on_confirm(existing, now)
+            if decision is Decision.CONFIRM:
+                assert existing is not None
+                self.domain.confirm(conn, existing)
+                return self._transition(conn, existing, Status.CONFIRMED, now)
+            if decision is Decision.EXPIRE:
+                assert existing is not None
+                self._expire(conn, existing, now)
+            if decision is Decision.RETURN:
+                return _some(existing)
+            return self._refusal(decision, reservation_id, confirming=True)
 
-        outcome = await db_retry(work)
+        outcome = await self._transaction(work)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -132,27 +135,26 @@ class ReservationStore(Generic[DetailsT]):
     async def cancel(self, reservation_id: str, *, raced: bool = False) -> Record:
         check_reservation_id(reservation_id)
 
-        async def work() -> Record:
-            async with self.engine.begin() as conn:
-                now = self.clock.now()
-                existing = await self._read(conn, reservation_id)
-                decision = on_cancel(existing, now)
-                if decision is Decision.TOMBSTONE:
-                    record = Record(
-                        reservation_id, Status.CANCELLED, "", {}, 0, CATALOGUE_CURRENCY, None, now, now, tombstone=True
-                    )
-                    await conn.execute(insert(self.table).values(**_row_values(record)))
-                    return record
-                assert existing is not None
-                if decision is Decision.RELEASE:
-                    await self.domain.release(conn, existing)
-                    return await self._transition(conn, existing, Status.CANCELLED, now)
-                if decision is Decision.EXPIRE:
-                    return await self._expire(conn, existing, now)
-                return existing
+        def work(conn: Connection) -> Record:
+            now = self.clock.now()
+            existing = self._read(conn, reservation_id)
+            decision = on_cancel(existing, now)
+            if decision is Decision.TOMBSTONE:
+                record = Record(
+                    reservation_id, Status.CANCELLED, "", {}, 0, CATALOGUE_CURRENCY, None, now, now, tombstone=True
+                )
+                conn.execute(insert(self.table).values(**_row_values(record)))
+                return record
+            assert existing is not None
+            if decision is Decision.RELEASE:
+                self.domain.release(conn, existing)
+                return self._transition(conn, existing, Status.CANCELLED, now)
+            if decision is Decision.EXPIRE:
+                return self._expire(conn, existing, now)
+            return existing
 
         try:
-            return await db_retry(work)
+            return await self._transaction(work)
         except IntegrityError:
             if raced:
                 raise
@@ -160,8 +162,7 @@ class ReservationStore(Generic[DetailsT]):
 
     async def get(self, reservation_id: str) -> Record:
         check_reservation_id(reservation_id)
-        async with self.engine.connect() as conn:
-            existing = await self._read(conn, reservation_id, lock=False)
+        existing = await self.db.read(functools.partial(self._read, reservation_id=reservation_id, lock=False))
         if existing is None:
             raise ReservationNotFoundError(f"no reservation {reservation_id!r}")
         return existing
@@ -171,52 +172,56 @@ class ReservationStore(Generic[DetailsT]):
 
         One GROUP BY over the (status, expire_at) index: read at scrape time, so right after a restart.
         """
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(self.table.c.status, func.count()).group_by(self.table.c.status))
-            return {str(status): int(count) for status, count in rows}
+        query = select(self.table.c.status, func.count()).group_by(self.table.c.status)
+
+        def work(conn: Connection) -> dict[str, int]:
+            return {str(status): int(count) for status, count in conn.execute(query)}
+
+        return await self.db.read(work)
 
     async def expire_due(self, limit: int = 500) -> int:
         """Release every hold past its expiry (the sweeper's job); returns how many were expired."""
 
-        async def work() -> int:
-            async with self.engine.begin() as conn:
-                now = self.clock.now()
-                rows = await conn.execute(
-                    select(self.table)
-                    .where(self.table.c.status == Status.HELD.value, self.table.c.expire_at <= now)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-                records = [_record(row) for row in rows]
-                for record in records:
-                    await self._expire(conn, record, now)
-                return len(records)
+        def work(conn: Connection) -> int:
+            now = self.clock.now()
+            rows = conn.execute(
+                select(self.table)
+                .where(self.table.c.status == Status.HELD.value, self.table.c.expire_at <= now)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            records = [_record(row) for row in rows]
+            for record in records:
+                self._expire(conn, record, now)
+            return len(records)
 
-        return await db_retry(work)
+        return await self._transaction(work)
 
-    async def _read(self, conn: AsyncConnection, reservation_id: str, *, lock: bool = True) -> Record | None:
+    async def _transaction(self, work: Callable[[Connection], T]) -> T:
+        return await db_retry(functools.partial(self.db.transaction, work))
+
+    def _read(self, conn: Connection, reservation_id: str, *, lock: bool = True) -> Record | None:
         query = select(self.table).where(self.table.c.reservation_id == reservation_id)
         if lock:
             query = query.with_for_update()
-        row = (await conn.execute(query)).first()
+        row = conn.execute(query).first()
         return None if row is None else _record(row)
 
-    async def _transition(self, conn: AsyncConnection, record: Record, to: Status, now: datetime) -> Record:
+    def _transition(self, conn: Connection, record: Record, to: Status, now: datetime) -> Record:
         """One conditional UPDATE: moves the row only from the status it was read in."""
-        result = await conn.execute(
+        row = conn.execute(
             update(self.table)
             .where(self.table.c.reservation_id == record.reservation_id, self.table.c.status == record.status.value)
             .values(status=to.value, updated_at=now)
             .returning(*self.table.c)
-        )
-        row = result.first()
+        ).first()
         if row is None:
             raise ReservationAbortedError(f"reservation {record.reservation_id!r} changed concurrently; retry")
         return _record(row)
 
-    async def _expire(self, conn: AsyncConnection, record: Record, now: datetime) -> Record:
-        await self.domain.release(conn, record)
-        return await self._transition(conn, record, Status.EXPIRED, now)
+    def _expire(self, conn: Connection, record: Record, now: datetime) -> Record:
+        self.domain.release(conn, record)
+        return self._transition(conn, record, Status.EXPIRED, now)
 
     def _refusal(self, decision: Decision, reservation_id: str, *, confirming: bool = False) -> Exception:
         match decision:

@@ -16,7 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.clock import Clock
 from services.kit.errors import FieldViolation, InvalidRequestError, PaymentDeclinedError
@@ -146,12 +147,12 @@ class PaymentDomain:
             "currency": details.amount.currency,
         }
 
-    async def hold(self, conn: AsyncConnection, details: PaymentDetails) -> Money:
+    def hold(self, conn: Connection, details: PaymentDetails) -> Money:
         validate_payment(details)
-        check_method(details, await _method_facts(conn, details.payment_method_id))
+        check_method(details, _method_facts(conn, details.payment_method_id))
         amount = details.amount.minor_units
         pm = payment_methods.c
-        authorised = await conn.execute(
+        authorised = conn.execute(
             update(payment_methods)
             .where(
                 pm.payment_method_id == details.payment_method_id,
@@ -166,13 +167,13 @@ class PaymentDomain:
                 reason=INSUFFICIENT_FUNDS,
                 metadata={"payment_method_id": details.payment_method_id},
             )
-        await self._book(conn, details.reservation_id, details.payment_method_id, LedgerKind.AUTHORIZE, details.amount)
+        self._book(conn, details.reservation_id, details.payment_method_id, LedgerKind.AUTHORIZE, details.amount)
         return details.amount
 
-    async def confirm(self, conn: AsyncConnection, record: Record) -> None:
+    def confirm(self, conn: Connection, record: Record) -> None:
         pm = payment_methods.c
         amount = record.price_minor
-        await self._move(
+        self._move(
             conn,
             record,
             LedgerKind.CAPTURE,
@@ -180,16 +181,14 @@ class PaymentDomain:
             {"authorized_minor": pm.authorized_minor - amount, "captured_minor": pm.captured_minor + amount},
         )
 
-    async def release(self, conn: AsyncConnection, record: Record) -> None:
+    def release(self, conn: Connection, record: Record) -> None:
         pm = payment_methods.c
         amount = record.price_minor
         kind = release_kind(record, self.clock.now())
         if kind is LedgerKind.REFUND:
-            await self._move(
-                conn, record, kind, pm.captured_minor >= amount, {"captured_minor": pm.captured_minor - amount}
-            )
+            self._move(conn, record, kind, pm.captured_minor >= amount, {"captured_minor": pm.captured_minor - amount})
         else:
-            await self._move(
+            self._move(
                 conn, record, kind, pm.authorized_minor >= amount, {"authorized_minor": pm.authorized_minor - amount}
             )
 
@@ -212,12 +211,10 @@ class PaymentDomain:
                 for row in rows
             ]
 
-    async def _move(
-        self, conn: AsyncConnection, record: Record, kind: LedgerKind, guard: Any, values: dict[str, Any]
-    ) -> None:
+    def _move(self, conn: Connection, record: Record, kind: LedgerKind, guard: Any, values: dict[str, Any]) -> None:
         """One conditional UPDATE of a method's counters for a stored reservation, and its ledger row."""
         method_id = str(record.details["payment_method_id"])
-        moved = await conn.execute(
+        moved = conn.execute(
             update(payment_methods)
             .where(payment_methods.c.payment_method_id == method_id, guard)
             .values(**values)
@@ -226,12 +223,10 @@ class PaymentDomain:
         if moved.first() is None:
             raise RuntimeError(f"payment method {method_id!r} counters out of step with {record.reservation_id!r}")
         money = Money(record.price_minor, record.currency)
-        await self._book(conn, record.reservation_id, method_id, kind, money)
+        self._book(conn, record.reservation_id, method_id, kind, money)
 
-    async def _book(
-        self, conn: AsyncConnection, reservation_id: str, method_id: str, kind: LedgerKind, amount: Money
-    ) -> None:
-        await conn.execute(
+    def _book(self, conn: Connection, reservation_id: str, method_id: str, kind: LedgerKind, amount: Money) -> None:
+        conn.execute(
             insert(ledger).values(
                 reservation_id=reservation_id,
                 payment_method_id=method_id,
@@ -243,10 +238,10 @@ class PaymentDomain:
         )
 
 
-async def _method_facts(conn: AsyncConnection, method_id: str) -> MethodFacts | None:
+def _method_facts(conn: Connection, method_id: str) -> MethodFacts | None:
     pm = payment_methods.c
     row = (
-        await conn.execute(
+        conn.execute(
             select(pm.payment_method_id, pm.customer_id, pm.currency, pm.always_declines).where(
                 pm.payment_method_id == method_id
             )

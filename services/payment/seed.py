@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from services.payment.models import customers, payment_methods
 
@@ -50,13 +50,13 @@ SEED_METHODS = (
 )
 
 
-async def seed(conn: AsyncConnection) -> None:
+def seed(conn: Connection) -> None:
     """Insert the seed customers and methods, unless the database already has customers."""
-    existing = (await conn.execute(select(func.count()).select_from(customers))).scalar_one()
+    existing = (conn.execute(select(func.count()).select_from(customers))).scalar_one()
     if existing:
         return
-    await conn.execute(insert(customers), [{"customer_id": k, "name": v} for k, v in SEED_CUSTOMERS.items()])
-    await conn.execute(
+    conn.execute(insert(customers), [{"customer_id": k, "name": v} for k, v in SEED_CUSTOMERS.items()])
+    conn.execute(
         insert(payment_methods),
         [
             {
