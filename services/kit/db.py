@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -124,6 +125,8 @@ class Database:
             self.engine = create_engine(target, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
             workers = pool_size
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._local = threading.local()  # each worker keeps its connection: no pool checkout per call
+        self._opened: list[Connection] = []
 
     async def transaction(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one transaction on a worker thread: committed if it returns, rolled back if it raises."""
@@ -135,16 +138,30 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(self._on_connection, work))
 
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = self.engine.connect()
+            self._opened.append(conn)
+        return conn
+
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
-        with self.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             return work(conn)
 
     def _on_connection(self, work: Callable[[Connection], T]) -> T:
-        with self.engine.connect() as conn:
+        conn = self._connection()
+        try:
             return work(conn)
+        finally:
+            if conn.in_transaction():
+                conn.rollback()  # SQLAlchemy "autobegins" even for reads; end it so no snapshot is kept
 
     async def dispose(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        for conn in self._opened:
+            conn.close()
         self.engine.dispose()
 
 

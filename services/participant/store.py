@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Row, Table, func, insert, select, update
+from sqlalchemy import Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -67,6 +67,17 @@ class ReservationStore(Generic[DetailsT]):
         self.domain = domain
         self.clock = clock
         self.hold = timedelta(seconds=hold_seconds)
+        # The hot statements, built once: SQLAlchemy then skips construction and cache-key work per call.
+        t = table.c
+        self._select = select(table).where(t.reservation_id == bindparam("b_id"))
+        self._select_locked = self._select.with_for_update()
+        self._insert = insert(table)
+        self._move = (
+            update(table)
+            .where(t.reservation_id == bindparam("b_id"), t.status == bindparam("b_from"))
+            .values(status=bindparam("b_to"), updated_at=bindparam("b_now"))
+            .returning(*t)
+        )
 
     async def reserve(self, reservation_id: str, details: DetailsT, *, raced: bool = False) -> Record:
         check_reservation_id(reservation_id)
@@ -90,7 +101,7 @@ class ReservationStore(Generic[DetailsT]):
                     now,
                     now,
                 )
-                conn.execute(insert(self.table).values(**_row_values(record)))
+                conn.execute(self._insert, _row_values(record))
                 return record
             if decision is Decision.EXPIRE:
                 assert existing is not None
@@ -143,7 +154,7 @@ class ReservationStore(Generic[DetailsT]):
                 record = Record(
                     reservation_id, Status.CANCELLED, "", {}, 0, CATALOGUE_CURRENCY, None, now, now, tombstone=True
                 )
-                conn.execute(insert(self.table).values(**_row_values(record)))
+                conn.execute(self._insert, _row_values(record))
                 return record
             assert existing is not None
             if decision is Decision.RELEASE:
@@ -201,19 +212,13 @@ class ReservationStore(Generic[DetailsT]):
         return await db_retry(functools.partial(self.db.transaction, work))
 
     def _read(self, conn: Connection, reservation_id: str, *, lock: bool = True) -> Record | None:
-        query = select(self.table).where(self.table.c.reservation_id == reservation_id)
-        if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        row = conn.execute(self._select_locked if lock else self._select, {"b_id": reservation_id}).first()
         return None if row is None else _record(row)
 
     def _transition(self, conn: Connection, record: Record, to: Status, now: datetime) -> Record:
         """One conditional UPDATE: moves the row only from the status it was read in."""
         row = conn.execute(
-            update(self.table)
-            .where(self.table.c.reservation_id == record.reservation_id, self.table.c.status == record.status.value)
-            .values(status=to.value, updated_at=now)
-            .returning(*self.table.c)
+            self._move, {"b_id": record.reservation_id, "b_from": record.status.value, "b_to": to.value, "b_now": now}
         ).first()
         if row is None:
             raise ReservationAbortedError(f"reservation {record.reservation_id!r} changed concurrently; retry")
