@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,6 +51,34 @@ _OFFER_COLUMNS = (
 )
 
 
+# The hot statements, built once (bind parameters b_*): no expression building or cache keys per call.
+_fc = flight_cabins.c
+_ROW = and_(_fc.flight_id == bindparam("b_flight"), _fc.cabin == bindparam("b_cabin"))
+_LEGS = select(
+    flights.c.flight_id, flights.c.origin, flights.c.destination, flights.c.departure_at, flights.c.arrival_at
+).where(flights.c.flight_id.in_(bindparam("b_ids", expanding=True)))
+_TAKE = (
+    update(flight_cabins)
+    .where(_ROW, _fc.capacity - _fc.held - _fc.confirmed >= bindparam("b_n"))
+    .values(held=_fc.held + bindparam("b_n"))
+    .returning(_fc.fare_minor)
+)
+_LEFT = select(_fc.capacity - _fc.held - _fc.confirmed).where(_ROW)
+_CONFIRM = (
+    update(flight_cabins)
+    .where(_ROW, _fc.held >= bindparam("b_n"))
+    .values(held=_fc.held - bindparam("b_n"), confirmed=_fc.confirmed + bindparam("b_n"))
+    .returning(_fc.flight_id)
+)
+_RELEASE = {
+    column.name: update(flight_cabins)
+    .where(_ROW, column >= bindparam("b_n"))
+    .values({column: column - bindparam("b_n")})
+    .returning(_fc.flight_id)
+    for column in (_fc.held, _fc.confirmed)
+}
+
+
 class InventoryMismatchError(RuntimeError):
     """A reservation's seats are not where its status says they are: a bug, never a caller's fault."""
 
@@ -81,12 +109,7 @@ class FlightInventory:
         booking = FlightBooking.from_json(record.details)
         n = booking.passenger_count
         for flight_id in sorted(booking.flight_ids):
-            result = conn.execute(
-                update(flight_cabins)
-                .where(_cabin_row(flight_id, booking.cabin), flight_cabins.c.held >= n)
-                .values(held=flight_cabins.c.held - n, confirmed=flight_cabins.c.confirmed + n)
-                .returning(flight_cabins.c.flight_id)
-            )
+            result = conn.execute(_CONFIRM, _params(flight_id, booking.cabin, n))
             if result.first() is None:
                 raise InventoryMismatchError(f"{record.reservation_id}: fewer than {n} seats held on {flight_id}")
 
@@ -95,12 +118,7 @@ class FlightInventory:
         n = booking.passenger_count
         column = flight_cabins.c.confirmed if record.status is Status.CONFIRMED else flight_cabins.c.held
         for flight_id in sorted(booking.flight_ids):
-            result = conn.execute(
-                update(flight_cabins)
-                .where(_cabin_row(flight_id, booking.cabin), column >= n)
-                .values({column: column - n})
-                .returning(flight_cabins.c.flight_id)
-            )
+            result = conn.execute(_RELEASE[column.name], _params(flight_id, booking.cabin, n))
             if result.first() is None:
                 raise InventoryMismatchError(
                     f"{record.reservation_id}: fewer than {n} seats {column.name} on {flight_id}"
@@ -131,42 +149,25 @@ class FlightInventory:
         return await db_retry(work)
 
     def _legs(self, conn: Connection, flight_ids: Sequence[str]) -> dict[str, Leg]:
-        rows = conn.execute(
-            select(
-                flights.c.flight_id,
-                flights.c.origin,
-                flights.c.destination,
-                flights.c.departure_at,
-                flights.c.arrival_at,
-            ).where(flights.c.flight_id.in_(flight_ids))
-        )
+        rows = conn.execute(_LEGS, {"b_ids": list(flight_ids)})
         return {row.flight_id: Leg(*row) for row in rows}
 
     def _take(self, conn: Connection, flight_id: str, booking: FlightBooking) -> int:
         """Hold the booking's seats on one flight in one conditional UPDATE; return one seat's fare."""
-        n = booking.passenger_count
-        cabin = flight_cabins.c
-        result = conn.execute(
-            update(flight_cabins)
-            .where(_cabin_row(flight_id, booking.cabin), cabin.capacity - cabin.held - cabin.confirmed >= n)
-            .values(held=cabin.held + n)
-            .returning(cabin.fare_minor)
-        )
-        fare = result.scalar_one_or_none()
+        params = _params(flight_id, booking.cabin, booking.passenger_count)
+        fare = conn.execute(_TAKE, params).scalar_one_or_none()
         if fare is not None:
             return int(fare)
-        left = conn.execute(
-            select(cabin.capacity - cabin.held - cabin.confirmed).where(_cabin_row(flight_id, booking.cabin))
-        )
-        available = int(left.scalar_one_or_none() or 0)
+        available = int(conn.execute(_LEFT, params).scalar_one_or_none() or 0)
+        n = booking.passenger_count
         raise SoldOutError(
             sold_out_message(flight_id, booking.cabin, n, available),
             metadata={"flight_id": flight_id, "cabin": booking.cabin.value, "seats_available": str(available)},
         )
 
 
-def _cabin_row(flight_id: str, cabin: Cabin) -> Any:
-    return and_(flight_cabins.c.flight_id == flight_id, flight_cabins.c.cabin == cabin.value)
+def _params(flight_id: str, cabin: Cabin, n: int) -> dict[str, Any]:
+    return {"b_flight": flight_id, "b_cabin": cabin.value, "b_n": n}
 
 
 def _offers(rows: Sequence[Any]) -> list[FlightOffer]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -38,6 +38,36 @@ ROOM_ORDER = {room_type: index for index, room_type in enumerate(RoomType)}
 _free = room_nights.c.capacity - room_nights.c.held - room_nights.c.confirmed
 
 
+# The hot statements, built once (bind parameters b_*): no expression building or cache keys per call.
+_rn = room_nights.c
+_STAY = and_(
+    _rn.hotel_id == bindparam("b_hotel"),
+    _rn.room_type == bindparam("b_room"),
+    _rn.night >= bindparam("b_in"),
+    _rn.night < bindparam("b_out"),
+)
+_KNOWN = select(hotels.c.hotel_id).where(hotels.c.hotel_id == bindparam("b_hotel"))
+_TAKE = (
+    update(room_nights)
+    .where(_STAY, _free >= bindparam("b_n"))
+    .values(held=_rn.held + bindparam("b_n"))
+    .returning(_rn.night, _rn.rate_minor)
+)
+_CONFIRM = (
+    update(room_nights)
+    .where(_STAY, _rn.held >= bindparam("b_n"))
+    .values(held=_rn.held - bindparam("b_n"), confirmed=_rn.confirmed + bindparam("b_n"))
+    .returning(_rn.night)
+)
+_RELEASE = {
+    column.name: update(room_nights)
+    .where(_STAY, column >= bindparam("b_n"))
+    .values({column: column - bindparam("b_n")})
+    .returning(_rn.night)
+    for column in (_rn.held, _rn.confirmed)
+}
+
+
 class InventoryMismatchError(RuntimeError):
     """A reservation's rooms are not where its status says they are: a bug, never a caller's fault."""
 
@@ -52,16 +82,10 @@ class HotelInventory:
         return details.to_json()
 
     def hold(self, conn: Connection, details: HotelBooking) -> Money:
-        known = conn.execute(select(hotels.c.hotel_id).where(hotels.c.hotel_id == details.hotel_id))
-        if known.first() is None:
+        if conn.execute(_KNOWN, {"b_hotel": details.hotel_id}).first() is None:
             raise unknown_hotel(details.hotel_id)
         n = details.room_count
-        result = conn.execute(
-            update(room_nights)
-            .where(_stay(details), _free >= n)
-            .values(held=room_nights.c.held + n)
-            .returning(room_nights.c.night, room_nights.c.rate_minor)
-        )
+        result = conn.execute(_TAKE, _params(details))
         taken = result.all()
         if len(taken) < details.nights:
             self._sold_out(conn, details, {row.night for row in taken})
@@ -70,12 +94,7 @@ class HotelInventory:
     def confirm(self, conn: Connection, record: Record) -> None:
         booking = HotelBooking.from_json(record.details)
         n = booking.room_count
-        result = conn.execute(
-            update(room_nights)
-            .where(_stay(booking), room_nights.c.held >= n)
-            .values(held=room_nights.c.held - n, confirmed=room_nights.c.confirmed + n)
-            .returning(room_nights.c.night)
-        )
+        result = conn.execute(_CONFIRM, _params(booking))
         if len(result.all()) != booking.nights:
             raise InventoryMismatchError(f"{record.reservation_id}: fewer than {n} rooms held on some night")
 
@@ -83,12 +102,7 @@ class HotelInventory:
         booking = HotelBooking.from_json(record.details)
         n = booking.room_count
         column = room_nights.c.confirmed if record.status is Status.CONFIRMED else room_nights.c.held
-        result = conn.execute(
-            update(room_nights)
-            .where(_stay(booking), column >= n)
-            .values({column: column - n})
-            .returning(room_nights.c.night)
-        )
+        result = conn.execute(_RELEASE[column.name], _params(booking))
         if len(result.all()) != booking.nights:
             raise InventoryMismatchError(f"{record.reservation_id}: fewer than {n} rooms {column.name} on some night")
 
@@ -162,6 +176,16 @@ class HotelInventory:
                 "rooms_available": str(available),
             },
         )
+
+
+def _params(booking: HotelBooking) -> dict[str, Any]:
+    return {
+        "b_hotel": booking.hotel_id,
+        "b_room": booking.room_type.value,
+        "b_in": booking.check_in,
+        "b_out": booking.check_out,
+        "b_n": booking.room_count,
+    }
 
 
 def _stay(booking: HotelBooking) -> ColumnElement[bool]:

@@ -16,7 +16,7 @@ from email.utils import parseaddr
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -98,6 +98,15 @@ def delivery_state(status: Status, outbox_state: str | None) -> DeliveryState:
 # --- the domain the reservation store plugs in -------------------------------------------------------
 
 
+# The hot statements, built once: no expression building or cache keys per call.
+_QUEUE = insert(outbox)
+_DISCARD = (
+    update(outbox)
+    .where(outbox.c.reservation_id == bindparam("b_id"), outbox.c.state == DeliveryState.PENDING.value)
+    .values(state=DeliveryState.DISCARDED.value)
+)
+
+
 class NotifyDomain:
     name = "notify"
 
@@ -115,26 +124,23 @@ class NotifyDomain:
 
     def confirm(self, conn: Connection, record: Record) -> None:
         conn.execute(
-            insert(outbox).values(
-                reservation_id=record.reservation_id,
-                recipient=record.details["recipient"],
-                subject=record.details["subject"],
-                body=record.details["body"],
-                state=DeliveryState.PENDING.value,
-                attempts=0,
-                created_at=self.clock.now(),
-            )
+            _QUEUE,
+            {
+                "reservation_id": record.reservation_id,
+                "recipient": record.details["recipient"],
+                "subject": record.details["subject"],
+                "body": record.details["body"],
+                "state": DeliveryState.PENDING.value,
+                "attempts": 0,
+                "created_at": self.clock.now(),
+            },
         )
         self.on_queued()
 
     def release(self, conn: Connection, record: Record) -> None:
         if record.status is not Status.CONFIRMED:
             return  # a staged message lives only in the reservation row, which the store cancels
-        conn.execute(
-            update(outbox)
-            .where(outbox.c.reservation_id == record.reservation_id, outbox.c.state == DeliveryState.PENDING.value)
-            .values(state=DeliveryState.DISCARDED.value)
-        )
+        conn.execute(_DISCARD, {"b_id": record.reservation_id})
 
     async def delivery_state(self, record: Record) -> DeliveryState:
         async with self.engine.connect() as conn:

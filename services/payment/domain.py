@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -131,6 +131,43 @@ def release_kind(record: Record, now: datetime) -> LedgerKind:
 
 # --- the domain the reservation store plugs in -------------------------------------------------------
 
+# The hot statements, built once (bind parameters b_*): no expression building or cache keys per call.
+_pm = payment_methods.c
+_FACTS = select(_pm.payment_method_id, _pm.customer_id, _pm.currency, _pm.always_declines).where(
+    _pm.payment_method_id == bindparam("b_method")
+)
+_AUTHORIZE = (
+    update(payment_methods)
+    .where(
+        _pm.payment_method_id == bindparam("b_method"),
+        _pm.credit_limit_minor - _pm.authorized_minor - _pm.captured_minor >= bindparam("b_amount"),
+    )
+    .values(authorized_minor=_pm.authorized_minor + bindparam("b_amount"))
+    .returning(_pm.payment_method_id)
+)
+
+
+def _movement(guard: Any, **values: Any) -> Any:
+    return (
+        update(payment_methods)
+        .where(_pm.payment_method_id == bindparam("b_method"), guard)
+        .values(**values)
+        .returning(_pm.payment_method_id)
+    )
+
+
+_amount: Any = bindparam("b_amount")
+_MOVES = {
+    "CAPTURE": _movement(
+        _pm.authorized_minor >= _amount,
+        authorized_minor=_pm.authorized_minor - _amount,
+        captured_minor=_pm.captured_minor + _amount,
+    ),
+    "REFUND": _movement(_pm.captured_minor >= _amount, captured_minor=_pm.captured_minor - _amount),
+    "VOID": _movement(_pm.authorized_minor >= _amount, authorized_minor=_pm.authorized_minor - _amount),
+}
+_BOOK = insert(ledger)
+
 
 class PaymentDomain:
     name = "payment"
@@ -150,18 +187,8 @@ class PaymentDomain:
     def hold(self, conn: Connection, details: PaymentDetails) -> Money:
         validate_payment(details)
         check_method(details, _method_facts(conn, details.payment_method_id))
-        amount = details.amount.minor_units
-        pm = payment_methods.c
-        authorised = conn.execute(
-            update(payment_methods)
-            .where(
-                pm.payment_method_id == details.payment_method_id,
-                pm.credit_limit_minor - pm.authorized_minor - pm.captured_minor >= amount,
-            )
-            .values(authorized_minor=pm.authorized_minor + amount)
-            .returning(pm.payment_method_id)
-        )
-        if authorised.first() is None:
+        params = {"b_method": details.payment_method_id, "b_amount": details.amount.minor_units}
+        if conn.execute(_AUTHORIZE, params).first() is None:
             raise PaymentDeclinedError(
                 f"not enough credit left on {details.payment_method_id!r} for {details.amount}",
                 reason=INSUFFICIENT_FUNDS,
@@ -171,26 +198,10 @@ class PaymentDomain:
         return details.amount
 
     def confirm(self, conn: Connection, record: Record) -> None:
-        pm = payment_methods.c
-        amount = record.price_minor
-        self._move(
-            conn,
-            record,
-            LedgerKind.CAPTURE,
-            pm.authorized_minor >= amount,
-            {"authorized_minor": pm.authorized_minor - amount, "captured_minor": pm.captured_minor + amount},
-        )
+        self._move(conn, record, LedgerKind.CAPTURE)
 
     def release(self, conn: Connection, record: Record) -> None:
-        pm = payment_methods.c
-        amount = record.price_minor
-        kind = release_kind(record, self.clock.now())
-        if kind is LedgerKind.REFUND:
-            self._move(conn, record, kind, pm.captured_minor >= amount, {"captured_minor": pm.captured_minor - amount})
-        else:
-            self._move(
-                conn, record, kind, pm.authorized_minor >= amount, {"authorized_minor": pm.authorized_minor - amount}
-            )
+        self._move(conn, record, release_kind(record, self.clock.now()))
 
     async def list_methods(self, customer_id: str) -> list[PaymentMethodView]:
         validate_customer_id(customer_id)
@@ -211,42 +222,30 @@ class PaymentDomain:
                 for row in rows
             ]
 
-    def _move(self, conn: Connection, record: Record, kind: LedgerKind, guard: Any, values: dict[str, Any]) -> None:
+    def _move(self, conn: Connection, record: Record, kind: LedgerKind) -> None:
         """One conditional UPDATE of a method's counters for a stored reservation, and its ledger row."""
         method_id = str(record.details["payment_method_id"])
-        moved = conn.execute(
-            update(payment_methods)
-            .where(payment_methods.c.payment_method_id == method_id, guard)
-            .values(**values)
-            .returning(payment_methods.c.payment_method_id)
-        )
-        if moved.first() is None:
+        statement = _MOVES["VOID" if kind is LedgerKind.EXPIRE else kind.value]
+        if conn.execute(statement, {"b_method": method_id, "b_amount": record.price_minor}).first() is None:
             raise RuntimeError(f"payment method {method_id!r} counters out of step with {record.reservation_id!r}")
-        money = Money(record.price_minor, record.currency)
-        self._book(conn, record.reservation_id, method_id, kind, money)
+        self._book(conn, record.reservation_id, method_id, kind, Money(record.price_minor, record.currency))
 
     def _book(self, conn: Connection, reservation_id: str, method_id: str, kind: LedgerKind, amount: Money) -> None:
         conn.execute(
-            insert(ledger).values(
-                reservation_id=reservation_id,
-                payment_method_id=method_id,
-                kind=kind.value,
-                amount_minor=amount.minor_units,
-                currency=amount.currency,
-                at=self.clock.now(),
-            )
+            _BOOK,
+            {
+                "reservation_id": reservation_id,
+                "payment_method_id": method_id,
+                "kind": kind.value,
+                "amount_minor": amount.minor_units,
+                "currency": amount.currency,
+                "at": self.clock.now(),
+            },
         )
 
 
 def _method_facts(conn: Connection, method_id: str) -> MethodFacts | None:
-    pm = payment_methods.c
-    row = (
-        conn.execute(
-            select(pm.payment_method_id, pm.customer_id, pm.currency, pm.always_declines).where(
-                pm.payment_method_id == method_id
-            )
-        )
-    ).first()
+    row = conn.execute(_FACTS, {"b_method": method_id}).first()
     if row is None:
         return None
     return MethodFacts(row.payment_method_id, row.customer_id, row.currency, bool(row.always_declines))
