@@ -27,12 +27,14 @@ from coordinator.planner import Done, Transition, plan
 from coordinator.requests import build_request
 from coordinator.saga import SagaDefinition
 from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
-from coordinator.trip import Action, Step, StepStatus, Trip
+from coordinator.trip import Action, Step, StepStatus, Trip, TripState
 from coordinator.writer import Write
 from services.kit.clock import Clock
 from services.kit.errors import TransientError
 
 log = structlog.get_logger("tripmesh.engine")
+# The trip states logged at info: how trips end, and where one goes wrong.
+_NOTEWORTHY = frozenset({TripState.CONFIRMED, TripState.CANCELLED, TripState.COMPENSATING, TripState.NEEDS_ATTENTION})
 
 
 class TripTakenError(Exception):
@@ -232,7 +234,10 @@ class Engine:
         if self.crash:
             self.crash.hit("after_state", transition.state.value)
         self.events.state_changed(trip, previous)
-        log.info("trip_state", previous=previous.value, state=trip.state.value, reason=reason or None)
+        # Every transition is in the step log; the log keeps the ones an operator looks for at info.
+        (log.info if trip.state in _NOTEWORTHY else log.debug)(
+            "trip_state", previous=previous.value, state=trip.state.value, reason=reason or None
+        )
 
     async def _run_step(self, trip: Trip, name: str) -> None:
         step = trip.steps.get(name)
@@ -264,7 +269,8 @@ class Engine:
             self._pending[trip.trip_id].append(step_write(trip.trip_id, step))
             if self.crash:
                 self.crash.hit("after_outcome", name)
-            log.info(
+            # An answered call is the common case and the step log has it; only trouble is worth a line at info.
+            (log.debug if outcome.kind is OutcomeKind.OK else log.info)(
                 "step_outcome",
                 step=name,
                 attempt=step.attempts,
