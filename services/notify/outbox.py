@@ -1,7 +1,8 @@
 """The outbox dispatcher: sends confirmed messages by SMTP, marks them SENT, never drops one.
 
-It polls PENDING rows (and wakes at once when Confirm rings the doorbell), sends each with the stdlib
-smtplib in a worker thread, and marks it SENT. A failure is recorded on the row (attempts, last_error)
+It polls PENDING rows (and wakes at once when Confirm rings the doorbell), sends the round's messages
+over one SMTP session with the stdlib smtplib in a worker thread, and marks those sent SENT in one
+UPDATE. A failure is recorded on the row (attempts, last_error)
 and the row is retried with exponential backoff; a round stops at the first failure, and rounds back
 off while the SMTP server stays unreachable. Delivery is at least once: the Message-ID is derived from
 the reservation id, so a duplicate (a crash between sending and marking) is recognisable.
@@ -13,7 +14,7 @@ import asyncio
 import functools
 import smtplib
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -33,7 +34,16 @@ from services.notify.models import outbox
 
 log = structlog.get_logger("tripmesh.notify.outbox")
 
-Sender = Callable[[EmailMessage], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """How many of a round's e-mails went out, in order, and why the next one did not (if one did not)."""
+
+    sent: int
+    error: Exception | None
+
+
+Sender = Callable[[Sequence[EmailMessage]], Awaitable[SendResult]]
 
 
 @dataclass(frozen=True)
@@ -95,12 +105,21 @@ def backoff_seconds(attempts: int, *, interval: float, maximum: float) -> float:
 
 
 def smtp_sender(host: str, port: int, timeout: float) -> Sender:
-    def send_blocking(email: EmailMessage) -> None:
-        with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-            smtp.send_message(email)
+    """Send a round's e-mails over one SMTP session (one connect, EHLO and QUIT per round, not per mail)."""
 
-    async def send(email: EmailMessage) -> None:
-        await asyncio.to_thread(send_blocking, email)
+    def send_blocking(emails: Sequence[EmailMessage]) -> SendResult:
+        sent = 0
+        try:
+            with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+                for email in emails:
+                    smtp.send_message(email)
+                    sent += 1
+        except (OSError, ValueError) as error:  # smtplib.SMTPException is an OSError
+            return SendResult(sent, error)
+        return SendResult(sent, None)
+
+    async def send(emails: Sequence[EmailMessage]) -> SendResult:
+        return await asyncio.to_thread(send_blocking, emails)
 
     return send
 
@@ -156,13 +175,14 @@ class OutboxDispatcher:
     async def dispatch_once(self) -> tuple[bool, bool]:
         """Send what is due; returns (no send failed, a full batch was sent so more may be waiting)."""
         due = await self._due()
-        for message in due:
-            try:
-                await self.send(build_email(message, sender=self.settings.sender, clock=self.clock))
-            except (OSError, ValueError) as error:  # smtplib.SMTPException is an OSError
-                await self._record_failure(message, error)
-                return False, False
-            await db_retry(functools.partial(self._mark_sent, message))
+        if not due:
+            return True, False
+        result = await self.send([build_email(m, sender=self.settings.sender, clock=self.clock) for m in due])
+        if result.sent:
+            await db_retry(functools.partial(self._mark_sent, due[: result.sent]))
+        if result.error is not None:
+            await self._record_failure(due[result.sent], result.error)
+            return False, False
         return True, len(due) == self.settings.batch_size
 
     async def _due(self) -> list[OutboxMessage]:
@@ -183,17 +203,19 @@ class OutboxDispatcher:
 
         return await db_retry(read)
 
-    async def _mark_sent(self, message: OutboxMessage) -> None:
+    async def _mark_sent(self, messages: Sequence[OutboxMessage]) -> None:
         c = outbox.c
+        ids = [m.reservation_id for m in messages]
         async with self.engine.begin() as conn:
             # DISCARDED too: a Cancel that came while the message was on the wire could not recall it.
             await conn.execute(
                 update(outbox)
-                .where(c.reservation_id == message.reservation_id, c.state.in_(("PENDING", "DISCARDED")))
+                .where(c.reservation_id.in_(ids), c.state.in_(("PENDING", "DISCARDED")))
                 .values(state="SENT", sent_at=self.clock.now(), attempts=c.attempts + 1, last_error=None)
             )
-        self._not_before.pop(message.reservation_id, None)
-        log.info("mail_sent", reservation_id=message.reservation_id)
+        for reservation_id in ids:
+            self._not_before.pop(reservation_id, None)
+        log.info("mail_sent", count=len(ids), reservation_ids=ids)
 
     async def _record_failure(self, message: OutboxMessage, error: Exception) -> None:
         c = outbox.c
