@@ -151,8 +151,10 @@ def test_metrics_and_one_trace_per_trip_from_the_real_processes(tmp_path: Path) 
     print(f"trace {trace_id}: {len(spans)} spans: " + ", ".join(f"{s} {len(n)}" for s, n in sorted(by_service.items())))
 
     logs = _json_logs(mesh)
-    mine = [line for line in logs if line.get("trip_id") == confirmed and line.get("event") == "step_outcome"]
-    assert len(mine) >= 8 and {line.get("trace_id") for line in mine} == {trace_id}, mine[:3]
+    # At info the coordinator logs how a trip ends (answered steps are at debug): that line carries the trace.
+    mine = [line for line in logs if line.get("trip_id") == confirmed and line.get("event") == "trip_state"]
+    assert [line["state"] for line in mine] == ["CONFIRMED"], mine[:3]
+    assert {line.get("trace_id") for line in mine} == {trace_id}, mine[:3]
     refused_trace = refused[0][1].trace_id.hex()
     assert {service for service, _ in refused} == {"tripmesh-coordinator", "tripmesh-flight", "tripmesh-hotel"}
     assert refused_trace != trace_id
