@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.crashpoints import CrashPoints
 from coordinator.engine import Engine
 from coordinator.events import TripEvents
+from coordinator.lease import LeaseKeeper, default_replica_id
 from coordinator.models import metadata
 from coordinator.participants import Participants
 from coordinator.saga import TRIP_SAGA
@@ -39,6 +40,7 @@ class RunningCoordinator:
     store: StepLogStore
     participants: Participants
     service: TripService
+    leases: LeaseKeeper
     metrics: Metrics | None = None
     tracing: Tracing | None = None
 
@@ -52,6 +54,7 @@ class RunningCoordinator:
 
     async def close(self, grace: float) -> None:
         """Everything but the server: the trips being driven, the step log, the clients, metrics, spans."""
+        await self.leases.stop()
         await self.engine.stop(grace)
         await self.store.close()
         await self.participants.close()
@@ -76,7 +79,8 @@ async def start_coordinator(
     await create_schema(db, metadata)
     if settings.step_log not in ("on", "off"):
         raise ValueError(f"TRIPMESH_COORDINATOR_STEP_LOG must be 'on' or 'off', got {settings.step_log!r}")
-    store = StepLogStore(db, durable=settings.step_log == "on")
+    settings.lease.validate()
+    store = StepLogStore(db, durable=settings.step_log == "on", lease_seconds=settings.lease.lease_seconds)
     if not store.durable:
         log.warning("step_log_off", detail="nothing is durable: a benchmark limit, not a way to run tripmesh")
     participants = Participants(
@@ -114,10 +118,18 @@ async def start_coordinator(
         metrics=metrics,
         tracing=tracing,
     )
+    store.replica_id = settings.replica_id or default_replica_id(built.port)  # the port is bound by now
+    leases = LeaseKeeper(store, engine, settings.lease, budget=settings.max_active_trips)
     await built.start()
-    recovered = await service.recover()
+    recovered = await leases.recover() if store.durable else 0
+    if store.durable:
+        leases.start()
     log.info(
-        "coordinator_started", port=built.port, recovered_trips=recovered, database_url=settings.service.database_url
+        "coordinator_started",
+        port=built.port,
+        replica=store.replica_id,
+        recovered_trips=recovered,
+        database_url=settings.service.database_url,
     )
     return RunningCoordinator(
         built=built,
@@ -126,6 +138,7 @@ async def start_coordinator(
         store=store,
         participants=participants,
         service=service,
+        leases=leases,
         metrics=metrics,
         tracing=tracing,
     )

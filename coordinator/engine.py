@@ -9,6 +9,10 @@ outcomes nobody acted on yet: recovery resends those calls, and participants are
 Retries live here and only here, so every attempt is in the step log: transient and unknown outcomes
 are resent with exponential backoff and full jitter up to the action's budget; refusals never are.
 Parallel steps of a group run as concurrent tasks in one TaskGroup.
+
+Leases (coordinator/lease.py): every write carries the trip's fencing token. When the step log refuses
+one as stale (another replica took the trip over while this one was paused or cut off), the driver
+stops at once: the refused write was an intent or a final state, so nothing depending on it was sent.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from coordinator.requests import build_request
 from coordinator.saga import SagaDefinition
 from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
 from coordinator.trip import Action, Step, StepStatus, Trip, TripState
-from coordinator.writer import Write
+from coordinator.writer import StaleLeaseError, Write
 from services.kit.clock import Clock
 from services.kit.errors import TransientError
 
@@ -123,6 +127,17 @@ class Engine:
     def live(self, trip_id: str) -> Trip | None:
         return self._live.get(trip_id)
 
+    def driving(self) -> list[str]:
+        """The trips this process drives (or has queued to drive): the leases it must keep renewing."""
+        return list(self._tasks)
+
+    async def abandon(self, trip_id: str) -> None:
+        """Stop driving a trip (its lease was re-granted under a new token); safe as any cancel is."""
+        task = self._tasks.get(trip_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     @property
     def active(self) -> int:
         return len(self._tasks)
@@ -189,6 +204,16 @@ class Engine:
             except TripTakenError:
                 self.taken.add(trip.trip_id)
                 return
+            except StaleLeaseError as error:
+                # Another replica holds the trip under a newer token: stop; never send what was refused.
+                log.warning(
+                    "stale_write_refused",
+                    replica=self.store.replica_id,
+                    stale_token=error.stale,
+                    current_token=error.current.fence,
+                    current_owner=error.current.owner,
+                )
+                return
 
     async def _call(self, trip: Trip, names: tuple[str, ...]) -> None:
         """Run the steps of one group in parallel; if one cannot be logged, stop the others too."""
@@ -201,7 +226,7 @@ class Engine:
                     group.create_task(self._run_step(trip, name))
         except ExceptionGroup as errors:
             first = errors.exceptions[0]
-            if isinstance(first, TransientError | TripTakenError):
+            if isinstance(first, TransientError | TripTakenError | StaleLeaseError):
                 raise first from errors
             raise
 
@@ -253,7 +278,7 @@ class Engine:
             step.status, step.finished_at = StepStatus.STARTED, None
             if self.crash:
                 self.crash.hit("before_intent", name)
-            await self._flush(trip, step_write(trip.trip_id, step))  # durable before the call leaves
+            await self._flush(trip, step_write(trip, step))  # durable before the call leaves
             if self.crash:
                 self.crash.hit("after_intent", name)
             with self.events.calling(trip, step) as call:
@@ -266,7 +291,7 @@ class Engine:
                 if step.status is StepStatus.STARTED:
                     step.status = StepStatus.FAILED
                 step.finished_at = self.clock.now()
-            self._pending[trip.trip_id].append(step_write(trip.trip_id, step))
+            self._pending[trip.trip_id].append(step_write(trip, step))
             if self.crash:
                 self.crash.hit("after_outcome", name)
             # An answered call is the common case and the step log has it; only trouble is worth a line at info.

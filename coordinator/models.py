@@ -1,8 +1,15 @@
-"""The step log's tables: one row per trip, one row per (trip, step)."""
+"""The step log's tables: one row per trip, one row per (trip, step), one row per lease grant.
+
+A trip's row carries its lease (coordinator/lease.py): the replica that drives it (`owner`), until when
+(`lease_expires_at`, NULL once the trip is terminal: nobody needs to drive it), and the fencing token
+(`fence`) that every step-log write for the trip must carry. Each step row records the token and
+replica it was last written under, and `trip_leases` keeps every grant of every token, so the audit
+can check I8 from the database alone.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text
 
 from services.kit.db import UTCDateTime, new_metadata
 
@@ -21,10 +28,15 @@ trips = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("deadline_at", UTCDateTime(), nullable=False),
+    Column("owner", String(128), nullable=False, default=""),
+    Column("fence", BigInteger, nullable=False, default=0),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
 )
 Index("ix_trips_state_created_at", trips.c.state, trips.c.created_at)
 Index("ix_trips_customer_id_created_at", trips.c.customer_id, trips.c.created_at)
 Index("ix_trips_created_at", trips.c.created_at)
+# The takeover scan reads only trips with a lease (non-terminal ones), soonest expired first.
+Index("ix_trips_lease_expires_at", trips.c.lease_expires_at)
 
 steps = Table(
     "steps",
@@ -40,6 +52,18 @@ steps = Table(
     Column("error_reason", String(64), nullable=False, default=""),
     Column("error_message", Text, nullable=False, default=""),
     Column("result", JSON, nullable=False),
+    Column("fence", BigInteger, nullable=False, default=0),  # the token the last write of this row carried
+    Column("owner", String(128), nullable=False, default=""),  # the replica that wrote it
 )
 
-__all__ = ["metadata", "steps", "trips"]
+trip_leases = Table(
+    "trip_leases",
+    metadata,
+    Column("trip_id", String(64), ForeignKey("trips.trip_id"), primary_key=True),
+    Column("fence", BigInteger, primary_key=True),  # one owner per token, by the key
+    Column("owner", String(128), nullable=False),
+    Column("acquired_at", UTCDateTime(), nullable=False),
+    Column("reason", String(16), nullable=False),  # new, takeover, retry
+)
+
+__all__ = ["metadata", "steps", "trip_leases", "trips"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from coordinator.engine import Engine
@@ -54,6 +55,7 @@ class TripService:
                 updated_at=now,
                 deadline_at=now + self.trip_timeout,
                 definition_version=self.saga.version,
+                fence=1,  # the first lease's token, written with the trip (coordinator/lease.py)
             )
             self.engine.start(candidate, new=True)  # a no-op if a concurrent call started this id first
             trip = self.engine.live(request.trip_id) or candidate
@@ -67,26 +69,52 @@ class TripService:
             trip = await self.get(request.trip_id)
             if trip.request.fingerprint() != request.fingerprint():
                 raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
-        self.engine.start(trip)  # a no-op if terminal or already driven here
+        return await self._outcome(trip, seconds)
+
+    async def _outcome(self, trip: Trip, seconds: float) -> Trip:
+        """Wait up to `seconds` for the trip's outcome, wherever it is driven.
+
+        Driven here: wait for the engine. Leased to nobody (its replica died and no scan took it yet):
+        take it and drive it here. Driven by another replica: read the shared step log until it ends.
+        """
+        if self.engine.live(trip.trip_id) is None and not trip.state.terminal:
+            claimed = await self.store.claim_one(trip.trip_id)
+            if claimed is None:
+                return await self._follow(trip.trip_id, seconds)
+            self.engine.start(claimed)
         await self.engine.wait(trip.trip_id, seconds)
-        return self.engine.live(trip.trip_id) or trip  # the object the engine drove, updated in place
+        return self.engine.live(trip.trip_id) or await self.get(trip.trip_id)
+
+    async def _follow(self, trip_id: str, seconds: float, every: float = 0.1) -> Trip:
+        """Read a trip another replica drives until it is terminal or `seconds` pass."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            trip = await self.get(trip_id)
+            left = deadline - asyncio.get_running_loop().time()
+            if trip.state.terminal or left <= 0 or self.engine.live(trip_id) is not None:
+                return self.engine.live(trip_id) or trip
+            await asyncio.sleep(min(every, left))
+            every = min(every * 2, 1.0)
 
     async def retry(self, trip_id: str, wait: float | None) -> Trip:
         """An operator's retry of a trip parked in NEEDS_ATTENTION: resume it with fresh retry budgets."""
         trip = await self.get(trip_id)
         if trip.state is not TripState.NEEDS_ATTENTION:
+            driver = f" (driven by coordinator replica {trip.owner})" if not trip.state.terminal and trip.owner else ""
             raise TripNotRetriableError(
-                f"trip {trip_id!r} is {trip.state.value}; only a trip in NEEDS_ATTENTION can be retried"
+                f"trip {trip_id!r} is {trip.state.value}{driver}; only a trip in NEEDS_ATTENTION can be retried"
             )
         compensating = any(step.action is Action.CANCEL for step in trip.steps.values())
         state = TripState.COMPENSATING if compensating else TripState.CONFIRMING
         action = Action.CANCEL if compensating else Action.CONFIRM
         failed = [s.name for s in trip.steps.values() if s.action is action and s.status is StepStatus.FAILED]
-        if await self.store.reopen(trip, state, failed, self.clock.now()):
+        seconds = self.book_wait if wait is None else wait
+        if await self.store.reopen(trip, state, failed, self.clock.now()):  # takes the lease, new token
             reopened = await self.get(trip_id)
             self.engine.start(reopened)
-        await self.engine.wait(trip_id, self.book_wait if wait is None else wait)
-        return self.engine.live(trip_id) or await self.get(trip_id)
+            await self.engine.wait(trip_id, seconds)
+            return self.engine.live(trip_id) or await self.get(trip_id)
+        return await self._follow(trip_id, seconds)  # another operator's retry won; it is driven there
 
     async def get(self, trip_id: str) -> Trip:
         trip = await self.store.load(trip_id)
@@ -103,10 +131,3 @@ class TripService:
             )
         except ValueError as error:
             raise InvalidRequestError.of("page_token", "is not a token from a previous ListTrips response") from error
-
-    async def recover(self) -> int:
-        """Drive every trip that is not terminal (after a crash): forward or backward as the log says."""
-        unfinished = await self.store.load_unfinished()
-        for trip in unfinished:
-            self.engine.start(trip)
-        return len(unfinished)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coordinator.engine import RetryPolicy
+from coordinator.lease import LeaseTiming
 from coordinator.participants import Addresses
 from services.kit.settings import DEFAULT_PORTS, ServiceSettings, env, env_float, env_int
 
@@ -20,6 +21,9 @@ class CoordinatorSettings:
     # "off" writes no step log at all: the benchmark's limit of this stack, never for real use.
     step_log: str = "on"
     max_active_trips: int = 256
+    # Replicas (coordinator/lease.py): "" names this process <hostname>:<port>.
+    replica_id: str = ""
+    lease: LeaseTiming = field(default_factory=LeaseTiming)
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -44,4 +48,10 @@ class CoordinatorSettings:
             ),
             step_log=env(c, "step_log", "on"),
             max_active_trips=env_int(c, "max_active_trips", 256),
+            replica_id=env(c, "replica_id", ""),
+            lease=LeaseTiming(
+                lease_seconds=env_float(c, "lease_seconds", 10.0),
+                renew_seconds=env_float(c, "lease_renew_seconds", 0.0),
+                takeover_seconds=env_float(c, "takeover_scan_seconds", 0.0),
+            ),
         )

@@ -1,4 +1,4 @@
-"""StepLogStore: the only SQL on the coordinator's trips and steps (as DBOS's SystemDatabase).
+"""StepLogStore: the only SQL on the coordinator's trips, steps and leases (as DBOS's SystemDatabase).
 
 Writes arrive as batches (coordinator/writer.py) and are group-committed: one transaction, one fsync,
 for every trip that flushed meanwhile. The engine flushes before every call it sends, so a step's
@@ -10,24 +10,44 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.models import steps, trips
+from coordinator.models import steps, trip_leases, trips
 from coordinator.trip import TERMINAL_STATES, Step, StepStatus, Trip, TripRequest, TripState
-from coordinator.writer import GroupCommitter, NewTrip, StateWrite, StepWrite, Write
+from coordinator.writer import BatchResult, GroupCommitter, Lease, NewTrip, StateWrite, StepWrite, Write
 from services.kit.db import db_retry
+
+_TERMINAL = [s.value for s in TERMINAL_STATES]
+
+
+def _now() -> datetime:
+    """Lease times are wall-clock UTC, never the injected clock: a test's frozen clock must not stop
+    leases from expiring. Safety does not rest on clocks (the token does); only takeover's timeliness."""
+    return datetime.now(UTC)
+
+
+def _grant(trip_id: str, fence: int, owner: str, at: datetime, reason: str) -> dict[str, Any]:
+    return {"trip_id": trip_id, "fence": fence, "owner": owner, "acquired_at": at, "reason": reason}
 
 
 class StepLogStore:
-    def __init__(self, engine: AsyncEngine, *, durable: bool = True) -> None:
-        """durable=False writes nothing at all: only for the benchmark's no-step-log limit."""
+    def __init__(
+        self, engine: AsyncEngine, *, durable: bool = True, replica_id: str = "local", lease_seconds: float = 10.0
+    ) -> None:
+        """durable=False writes nothing at all: only for the benchmark's no-step-log limit.
+
+        `replica_id` names this coordinator process in the leases it takes (coordinator/lease.py); it
+        may be set after construction, before the first write.
+        """
         self.engine = engine
         self.durable = durable
+        self.replica_id = replica_id
+        self.lease = timedelta(seconds=lease_seconds)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         upsert = self._insert(steps)
         self._upsert_step = upsert.on_conflict_do_update(
@@ -37,7 +57,10 @@ class StepLogStore:
         self._committer = GroupCommitter(self._write_batch)
 
     async def flush(self, writes: Sequence[Write]) -> bool:
-        """Make the writes durable (group-committed with other trips'); False if a NewTrip's id was taken."""
+        """Make the writes durable (group-committed with other trips'); False if a NewTrip's id was taken.
+
+        Raises StaleLeaseError when the writes carry a token the trip has moved past.
+        """
         if not self.durable:
             return True
         return await self._committer.flush(writes)
@@ -45,34 +68,152 @@ class StepLogStore:
     async def close(self) -> None:
         await self._committer.close()
 
-    async def _write_batch(self, writes: Sequence[Write]) -> set[str]:
+    async def _write_batch(self, writes: Sequence[Write]) -> BatchResult:
         new_trips = [w for w in writes if isinstance(w, NewTrip)]
-        step_rows = [w.values for w in writes if isinstance(w, StepWrite)]
-        states = [w for w in writes if isinstance(w, StateWrite)]
+        new_ids = {w.trip_id for w in new_trips}
+        existing = sorted({w.trip_id for w in writes} - new_ids)
+        me = self.replica_id
 
-        async def work() -> set[str]:
+        async def work() -> BatchResult:
+            now = _now()
             async with self.engine.begin() as conn:
                 conflicts: set[str] = set()
                 for new in new_trips:
+                    trip_values = {**new.values, "owner": me, "fence": new.fence, "lease_expires_at": now + self.lease}
                     inserted = await conn.execute(
                         self._insert(trips)
-                        .values(**new.values)
+                        .values(**trip_values)
                         .on_conflict_do_nothing(index_elements=[trips.c.trip_id])
                     )
                     if inserted.rowcount != 1:
                         conflicts.add(new.trip_id)
-                rows = [r for r in step_rows if r["trip_id"] not in conflicts]
-                if rows:
-                    await conn.execute(self._upsert_step, rows)
-                for state in states:
-                    if state.trip_id in conflicts:
+                granted = [_grant(w.trip_id, w.fence, me, now, "new") for w in new_trips if w.trip_id not in conflicts]
+                if granted:
+                    await conn.execute(insert(trip_leases), granted)
+                # The fence check: the rows stay locked (PostgreSQL) until this batch commits, so a
+                # takeover commits either before the check (and refuses these writes) or after them.
+                leases: dict[str, Lease] = {}
+                if existing:
+                    rows = await conn.execute(
+                        select(trips.c.trip_id, trips.c.owner, trips.c.fence)
+                        .where(trips.c.trip_id.in_(existing))
+                        .order_by(trips.c.trip_id)
+                        .with_for_update()
+                    )
+                    leases = {r.trip_id: Lease(r.owner, r.fence) for r in rows}
+                leases.update({t: Lease(me, 1) for t in new_ids - conflicts})
+                stale: dict[tuple[str, int], Lease] = {}
+                accepted: list[Write] = []
+                for w in writes:
+                    if w.trip_id in conflicts or isinstance(w, NewTrip):
                         continue
+                    lease = leases.get(w.trip_id, Lease("", 0))
+                    if lease.fence == w.fence and lease.owner == me:
+                        accepted.append(w)
+                    else:
+                        stale[(w.trip_id, w.fence)] = lease
+                rows_ = [{**w.values, "fence": w.fence, "owner": me} for w in accepted if isinstance(w, StepWrite)]
+                if rows_:
+                    await conn.execute(self._upsert_step, rows_)
+                for state in (w for w in accepted if isinstance(w, StateWrite)):
+                    values: dict[str, Any] = {
+                        "state": state.state,
+                        "failure_reason": state.reason,
+                        "updated_at": state.at,
+                    }
+                    if state.terminal:
+                        values["lease_expires_at"] = None  # the lease ends with the trip
                     await conn.execute(
                         update(trips)
-                        .where(trips.c.trip_id == state.trip_id)
-                        .values(state=state.state, failure_reason=state.reason, updated_at=state.at)
+                        .where(trips.c.trip_id == state.trip_id, trips.c.fence == state.fence)
+                        .values(**values)
                     )
-                return conflicts
+                return BatchResult(conflicts, stale)
+
+        return await db_retry(work)
+
+    # --- leases (coordinator/lease.py decides when; this is how) ------------------------------------
+
+    async def claim_expired(self, limit: int) -> list[Trip]:
+        """Take over up to `limit` unfinished trips whose lease has expired, soonest expired first.
+
+        One conditional UPDATE: each trip's token goes up by one and this replica becomes its owner. On
+        PostgreSQL the rows are picked `FOR UPDATE SKIP LOCKED`, so replicas scanning at once never
+        claim the same trip (nor wait on each other's rows).
+        """
+        if limit <= 0:
+            return []
+        expired = and_(trips.c.lease_expires_at < _now(), trips.c.state.not_in(_TERMINAL))
+        return await self._claim(expired, limit, "takeover")
+
+    async def claim_own(self) -> list[Trip]:
+        """At start: every unfinished trip leased to this replica id (its previous life), at once.
+
+        No need to wait the lease out: the id is bound to this process's listening address, so the
+        process that held these leases is gone; the token goes up all the same, so a straggler of it
+        is fenced off.
+        """
+        own = and_(trips.c.owner == self.replica_id, trips.c.state.not_in(_TERMINAL))
+        return await self._claim(own, None, "restart")
+
+    async def claim_one(self, trip_id: str) -> Trip | None:
+        """Take one unfinished trip whose lease has expired (or that is leased to nobody), or None."""
+        free = and_(
+            trips.c.trip_id == trip_id,
+            trips.c.state.not_in(_TERMINAL),
+            or_(trips.c.lease_expires_at < _now(), trips.c.lease_expires_at.is_(None)),
+        )
+        claimed = await self._claim(free, 1, "takeover")
+        return claimed[0] if claimed else None
+
+    async def renew(self, trip_ids: Sequence[str], chunk: int = 1000) -> set[str]:
+        """Extend this replica's leases on these trips: one UPDATE per `chunk` trips. The ones renewed."""
+        renewed: set[str] = set()
+
+        async def work() -> None:
+            until = _now() + self.lease
+            async with self.engine.begin() as conn:
+                for start in range(0, len(trip_ids), chunk):
+                    mine = (
+                        select(trips.c.trip_id)
+                        .where(trips.c.trip_id.in_(trip_ids[start : start + chunk]), trips.c.owner == self.replica_id)
+                        .order_by(trips.c.trip_id)
+                        .with_for_update()
+                    )
+                    rows = await conn.execute(
+                        update(trips)
+                        .where(trips.c.trip_id.in_(mine.scalar_subquery()), trips.c.lease_expires_at.is_not(None))
+                        .values(lease_expires_at=until)
+                        .returning(trips.c.trip_id)
+                    )
+                    renewed.update(r.trip_id for r in rows)
+
+        if trip_ids:
+            await db_retry(work)
+        return renewed
+
+    async def _claim(self, condition: ColumnElement[bool], limit: int | None, reason: str) -> list[Trip]:
+        me = self.replica_id
+
+        async def work() -> list[Trip]:
+            now = _now()
+            picked = select(trips.c.trip_id).where(condition).order_by(trips.c.lease_expires_at)
+            if limit is not None:
+                picked = picked.limit(limit)
+            picked = picked.with_for_update(skip_locked=True)
+            async with self.engine.begin() as conn:
+                rows = (
+                    await conn.execute(
+                        update(trips)
+                        .where(trips.c.trip_id.in_(picked.scalar_subquery()), condition)
+                        .values(owner=me, fence=trips.c.fence + 1, lease_expires_at=now + self.lease)
+                        .returning(trips.c.trip_id, trips.c.fence)
+                    )
+                ).all()
+                if not rows:
+                    return []
+                await conn.execute(insert(trip_leases), [_grant(r.trip_id, r.fence, me, now, reason) for r in rows])
+                return await self._load_many(conn, [r.trip_id for r in rows])
 
         return await db_retry(work)
 
@@ -80,23 +221,35 @@ class StepLogStore:
         """Move a NEEDS_ATTENTION trip back to `state` with the named steps to be sent again, atomically.
 
         Conditional on the trip still being in NEEDS_ATTENTION, so two operators retrying at once reopen
-        it once; returns False for the loser.
+        it once; returns False for the loser. The winner's replica takes the trip's lease with a new
+        token (nobody drives a trip in NEEDS_ATTENTION, and a straggler that did is fenced off).
         """
+        me = self.replica_id
 
         async def work() -> bool:
             async with self.engine.begin() as conn:
-                moved = await conn.execute(
-                    update(trips)
-                    .where(trips.c.trip_id == trip.trip_id, trips.c.state == TripState.NEEDS_ATTENTION.value)
-                    .values(state=state.value, updated_at=now)
-                )
-                if moved.rowcount != 1:
+                moved = (
+                    await conn.execute(
+                        update(trips)
+                        .where(trips.c.trip_id == trip.trip_id, trips.c.state == TripState.NEEDS_ATTENTION.value)
+                        .values(
+                            state=state.value,
+                            updated_at=now,
+                            owner=me,
+                            fence=trips.c.fence + 1,
+                            lease_expires_at=_now() + self.lease,
+                        )
+                        .returning(trips.c.fence)
+                    )
+                ).first()
+                if moved is None:
                     return False
+                await conn.execute(insert(trip_leases), [_grant(trip.trip_id, moved.fence, me, _now(), "retry")])
                 if step_names:
                     await conn.execute(
                         update(steps)
                         .where(steps.c.trip_id == trip.trip_id, steps.c.name.in_(step_names))
-                        .values(status=StepStatus.STARTED.value, finished_at=None)
+                        .values(status=StepStatus.STARTED.value, finished_at=None, fence=moved.fence, owner=me)
                     )
                 return True
 
@@ -120,14 +273,18 @@ class StepLogStore:
         found: list[Trip] = []
         async with self.engine.connect() as conn:
             for start in range(0, len(ids), batch):
-                chunk = ids[start : start + batch]
-                rows = (await conn.execute(select(trips).where(trips.c.trip_id.in_(chunk)))).all()
-                by_id = {r.trip_id: _trip(r) for r in rows}
-                for step_row in await conn.execute(select(steps).where(steps.c.trip_id.in_(chunk))):
-                    step = _step(step_row)
-                    by_id[step_row.trip_id].steps[step.name] = step
-                found.extend(by_id[i] for i in chunk if i in by_id)
+                found.extend(await self._load_many(conn, ids[start : start + batch]))
         return found
+
+    @staticmethod
+    async def _load_many(conn: AsyncConnection, ids: list[str]) -> list[Trip]:
+        """These trips with their steps, in the order given (two queries)."""
+        rows = (await conn.execute(select(trips).where(trips.c.trip_id.in_(ids)))).all()
+        by_id = {r.trip_id: _trip(r) for r in rows}
+        for step_row in await conn.execute(select(steps).where(steps.c.trip_id.in_(ids))):
+            step = _step(step_row)
+            by_id[step_row.trip_id].steps[step.name] = step
+        return [by_id[i] for i in ids if i in by_id]
 
     async def unfinished_trip_ids(self) -> list[str]:
         async with self.engine.connect() as conn:
@@ -199,20 +356,24 @@ STEP_UPDATE_COLUMNS = (
     "error_reason",
     "error_message",
     "result",
+    "fence",
+    "owner",
 )
 
 
 def new_trip(trip: Trip) -> NewTrip:
-    return NewTrip(trip.trip_id, _trip_values(trip))
+    return NewTrip(trip.trip_id, _trip_values(trip), trip.fence)
 
 
-def step_write(trip_id: str, step: Step) -> StepWrite:
-    """A snapshot of the step as it is now (the step object goes on changing)."""
-    return StepWrite(trip_id, _step_values(trip_id, step))
+def step_write(trip: Trip, step: Step) -> StepWrite:
+    """A snapshot of the step as it is now (the step object goes on changing), under the trip's token."""
+    return StepWrite(trip.trip_id, _step_values(trip.trip_id, step), trip.fence)
 
 
 def state_write(trip: Trip) -> StateWrite:
-    return StateWrite(trip.trip_id, trip.state.value, trip.failure_reason, trip.updated_at)
+    return StateWrite(
+        trip.trip_id, trip.state.value, trip.failure_reason, trip.updated_at, trip.fence, trip.state.terminal
+    )
 
 
 def _trip_values(trip: Trip) -> dict[str, Any]:
@@ -240,6 +401,8 @@ def _trip(row: Row[Any]) -> Trip:
         deadline_at=m["deadline_at"],
         definition_version=m["definition_version"],
         failure_reason=m["failure_reason"],
+        owner=m["owner"],
+        fence=m["fence"],
     )
 
 

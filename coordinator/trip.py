@@ -122,6 +122,8 @@ class Trip:
     definition_version: int
     failure_reason: str = ""
     steps: dict[str, Step] = field(default_factory=dict)
+    owner: str = ""  # the replica whose lease this is (coordinator/lease.py)
+    fence: int = 0  # the lease's fencing token: every step-log write for the trip carries it
 
     @property
     def trip_id(self) -> str:
