@@ -1,4 +1,4 @@
-"""The mesh's invariants (ARCHITECTURE.md I1-I6), checked by reading every database directly.
+"""The mesh's invariants (ARCHITECTURE.md I1-I6 and I8), checked by reading every database directly.
 
 Nothing here trusts the coordinator's answers: trips come from its step log tables, reservations from
 each participant's own `reservations` table, inventory and money from the participants' counters, with
@@ -6,6 +6,14 @@ each service's conservation rule from its own package (services/<name>/audit.py)
 runs this on a local mesh's SQLite files (opened read-only), `tripmesh demo` after its run, and the
 tests after theirs (tests/support/invariants.py is a thin wrapper), so all three judge by one piece of
 logic.
+
+I8 (one driver per trip at a time) is checked as far as a database can prove it: every lease grant
+of a trip has its own token, the tokens run 1, 2, 3... with the trip holding the last, and every step
+row was last written by the replica that held the token it carries (a write by anyone else under that
+token would be two drivers at once). What a database cannot show: writes that were overwritten since
+(a step row keeps its last version) and writes that were refused (they are in the refused replica's
+log as `stale_write_refused`, which the takeover test reads), nor whether two replicas' participant
+calls overlapped in time; the participants' own ledgers (I7) answer that one.
 
 The check is exact on a quiet mesh (once the trips in flight have ended): a trip that is not terminal
 yet is reported under I1, and a booking that starts between the reads of two databases could look
@@ -160,6 +168,9 @@ async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[st
         if check is not None:
             problems.extend(f"I5 {name}: {p}" for p in await check(engine))
 
+    # I8: one driver per token, tokens in order, the last one the trip's.
+    problems.extend(await lease_problems(coordinator_engine))
+
     # I6: every captured amount is a confirmed trip's total.
     captured: dict[str, int] = defaultdict(int)
     for part in held.get("payment", {}).values():
@@ -176,6 +187,36 @@ async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[st
         holds={name: dict(Counter(r.status for r in rows.values())) for name, rows in held.items()},
         orphans=orphans,
     )
+
+
+async def lease_problems(engine: AsyncEngine) -> list[str]:
+    """I8 from the step log alone: lease grants, the trips' tokens and the steps' writers agree."""
+    async with engine.connect() as conn:
+        trip_rows = (await conn.execute(text("SELECT trip_id, state, owner, fence, lease_expires_at FROM trips"))).all()
+        grant_rows = (await conn.execute(text("SELECT trip_id, fence, owner FROM trip_leases"))).all()
+        step_rows = (await conn.execute(text("SELECT trip_id, name, fence, owner FROM steps"))).all()
+    grants: dict[str, dict[int, str]] = defaultdict(dict)
+    for g in grant_rows:
+        grants[g.trip_id][g.fence] = g.owner  # (trip, fence) is the key: one holder per token
+    problems = []
+    for t in trip_rows:
+        tokens = sorted(grants.get(t.trip_id, {}))
+        if tokens != list(range(1, len(tokens) + 1)):
+            problems.append(f"I8: trip {t.trip_id} has lease tokens {tokens}, not 1..n")
+        if tokens and (t.fence != tokens[-1] or t.owner != grants[t.trip_id][tokens[-1]]):
+            problems.append(f"I8: trip {t.trip_id} is held by {t.owner} under token {t.fence}, not its last grant")
+        if t.state in TERMINAL and t.lease_expires_at is not None:
+            problems.append(f"I8: {t.state} trip {t.trip_id} still has a lease")
+    fences = {t.trip_id: t.fence for t in trip_rows}
+    for step in step_rows:
+        holder = grants.get(step.trip_id, {}).get(step.fence)
+        if step.fence > fences.get(step.trip_id, 0):
+            problems.append(f"I8: step {step.trip_id}/{step.name} carries token {step.fence}, never granted yet")
+        elif holder is not None and holder != step.owner:
+            problems.append(
+                f"I8: step {step.trip_id}/{step.name} written by {step.owner} under token {step.fence} held by {holder}"
+            )
+    return problems
 
 
 def _confirmed_problems(trip: _Trip, parts: Mapping[str, Reservation | None]) -> list[str]:
