@@ -120,8 +120,8 @@ class LeaseKeeper:
             if trip.trip_id in self.engine.driving():
                 await self.engine.abandon(trip.trip_id)
         self._drive(claimed)
-        if claimed:
-            log.info(
+        if claimed:  # a warning: a replica died or stalled past its leases
+            log.warning(
                 "trips_taken_over",
                 count=len(claimed),
                 trip_ids=[t.trip_id for t in claimed[:10]],

@@ -49,6 +49,13 @@ MODULES = {
     "coordinator": "coordinator",
 }
 PREFIXES = {name: name.upper().replace("-", "_") for name in MODULES}
+
+
+def base_name(name: str) -> str:
+    """A component's name without its replica suffix: "coordinator#2" -> "coordinator"."""
+    return name.partition("#")[0]
+
+
 TERMINAL = frozenset(
     {common_pb.TRIP_STATE_CONFIRMED, common_pb.TRIP_STATE_CANCELLED, common_pb.TRIP_STATE_NEEDS_ATTENTION}
 )
@@ -144,7 +151,9 @@ class ProcessMesh:
     """Every component on a free port with a SQLite file under `work_dir`; each started on demand.
 
     `env` maps a component to extra TRIPMESH_* settings it gets at every start (hold times, faults,
-    retry budgets); `start(name, extra)` adds per-start ones (a crash point).
+    retry budgets); `start(name, extra)` adds per-start ones (a crash point). More coordinator replicas
+    are named "coordinator#2", "coordinator#3"...: each gets its own port, the settings of
+    "coordinator" and then its own.
     """
 
     work_dir: Path
@@ -162,6 +171,8 @@ class ProcessMesh:
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     def address(self, name: str) -> str:
+        if name not in self.ports:  # another replica: a free port none of ours holds
+            self.ports[name] = next(p for p in free_ports(len(self.ports) + 1) if p not in self.ports.values())
         return f"127.0.0.1:{self.ports[name]}"
 
     def db_path(self, name: str) -> Path:
@@ -174,14 +185,15 @@ class ProcessMesh:
     def environment(self, name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The inherited environment without a developer's TRIPMESH_*, plus this component's wiring."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPMESH_")}
-        prefix = f"TRIPMESH_{PREFIXES[name]}"
+        base = base_name(name)
+        prefix = f"TRIPMESH_{PREFIXES[base]}"
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
                 "TRIPMESH_VAR_DIR": str(self.work_dir),
                 "TRIPMESH_LOG_LEVEL": self.log_level,
                 f"{prefix}_HOST": "127.0.0.1",
-                f"{prefix}_PORT": str(self.ports[name]),
+                f"{prefix}_PORT": self.address(name).rpartition(":")[2],
             }
         )
         if name == "smtp-sink":
@@ -197,9 +209,10 @@ class ProcessMesh:
                     "TRIPMESH_NOTIFY_OUTBOX_MAX_BACKOFF_SECONDS": "1",
                 }
             )
-        if name == "coordinator":
+        if base == "coordinator":
             env.update({f"{prefix}_{p.upper()}_ADDRESS": self.address(p) for p in PARTICIPANTS})
-        env.update(self.env.get(name, {}))
+        env.update(self.env.get(base, {}))
+        env.update(self.env.get(name, {}) if name != base else {})
         env.update(extra or {})
         return env
 
@@ -214,7 +227,7 @@ class ProcessMesh:
             log_file.write(f"\n===== start #{self.starts[name] + 1} of {name}\n".encode())
             log_file.flush()
             popen = subprocess.Popen(
-                [sys.executable, "-m", MODULES[name]],
+                [sys.executable, "-m", MODULES[base_name(name)]],
                 cwd=REPO,
                 env=self.environment(name, extra),
                 stdin=subprocess.DEVNULL,
