@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.crashpoints import CrashPoints
 from coordinator.engine import Engine
 from coordinator.events import TripEvents
-from coordinator.lease import LeaseKeeper, default_replica_id
+from coordinator.lease import LeaseKeeper, bound_stalled_transactions, default_replica_id
 from coordinator.models import metadata
 from coordinator.participants import Participants
 from coordinator.saga import TRIP_SAGA
@@ -55,7 +55,9 @@ class RunningCoordinator:
     async def close(self, grace: float) -> None:
         """Everything but the server: the trips being driven, the step log, the clients, metrics, spans."""
         await self.leases.stop()
+        held = self.engine.driving()
         await self.engine.stop(grace)
+        await self.leases.release(held)  # what it did not finish, the other replicas take at once
         await self.store.close()
         await self.participants.close()
         await self.db.dispose()
@@ -76,6 +78,7 @@ async def start_coordinator(
     """`metrics` (served or not, the caller's choice) gets the coordinator's metrics; `tracing` its spans."""
     clock = clock or SystemClock()
     db = make_engine(settings.service.database_url)
+    bound_stalled_transactions(db, settings.lease.lease_seconds)
     await create_schema(db, metadata)
     if settings.step_log not in ("on", "off"):
         raise ValueError(f"TRIPMESH_COORDINATOR_STEP_LOG must be 'on' or 'off', got {settings.step_log!r}")

@@ -128,8 +128,9 @@ class Engine:
         return self._live.get(trip_id)
 
     def driving(self) -> list[str]:
-        """The trips this process drives (or has queued to drive): the leases it must keep renewing."""
-        return list(self._tasks)
+        """The trips this process drives (or has queued to drive) that are in the step log already:
+        the leases it must keep renewing (a new trip's lease is written with its first flush)."""
+        return [t for t in self._tasks if (f := self._accepted.get(t)) is None or (f.done() and f.result())]
 
     async def abandon(self, trip_id: str) -> None:
         """Stop driving a trip (its lease was re-granted under a new token); safe as any cancel is."""

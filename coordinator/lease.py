@@ -29,18 +29,43 @@ lease is measured in wall-clock time of each replica; keep hosts' clocks roughly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.engine import Engine
 from coordinator.steplog import StepLogStore
 from coordinator.trip import Trip
+from services.kit.errors import TransientError
 
 log = structlog.get_logger("tripmesh.lease")
+
+
+def bound_stalled_transactions(db: AsyncEngine, seconds: float) -> None:
+    """On PostgreSQL, have the server end a transaction left idle longer than a lease.
+
+    The batch writer holds its trips' rows locked (FOR UPDATE) until it commits; a replica frozen in
+    the middle (SIGSTOP, a VM pause) would otherwise keep them locked, and its trips out of every
+    takeover (SKIP LOCKED), for as long as it stays frozen. With this, its transaction is rolled back
+    after `seconds`, the others take the trips over, and the frozen replica, on waking, finds its
+    connection gone, retries and has the batch refused by the fence check.
+    """
+    if db.dialect.name != "postgresql":
+        return
+    millis = max(1000, int(seconds * 1000))
+
+    @event.listens_for(db.sync_engine, "connect")
+    def _bound(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {millis}")
+        cursor.close()
 
 
 def default_replica_id(port: int) -> str:
@@ -98,6 +123,12 @@ class LeaseKeeper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    async def release(self, trip_ids: list[str]) -> None:
+        """On a graceful stop, once the engine stopped: hand back the leases of the trips it still had."""
+        if trip_ids and self.store.durable:
+            with contextlib.suppress(TransientError):
+                await self.store.release(trip_ids)
 
     async def renew_once(self) -> int:
         """Extend every lease this replica's engine drives (one UPDATE); the trips whose lease was lost."""

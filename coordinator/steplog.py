@@ -192,6 +192,25 @@ class StepLogStore:
             await db_retry(work)
         return renewed
 
+    async def release(self, trip_ids: Sequence[str]) -> None:
+        """Let these leases expire now (a graceful stop): other replicas take the trips at their next scan."""
+        if not trip_ids:
+            return
+
+        async def work() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(trips)
+                    .where(
+                        trips.c.trip_id.in_(list(trip_ids)),
+                        trips.c.owner == self.replica_id,
+                        trips.c.lease_expires_at.is_not(None),
+                    )
+                    .values(lease_expires_at=_now())
+                )
+
+        await db_retry(work)
+
     async def _claim(self, condition: ColumnElement[bool], limit: int | None, reason: str) -> list[Trip]:
         me = self.replica_id
 

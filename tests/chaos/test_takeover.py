@@ -193,6 +193,8 @@ async def test_replicas_take_over_a_killed_and_a_paused_replica(mesh: ProcessMes
         finally:
             for channel in channels:
                 await channel.close()
+            for name in REPLICAS:  # before their database is dropped under them
+                mesh.procs[name].stop(grace=5.0)
 
         # --- what the databases say -----------------------------------------------------------------
         trips = await fetch(step_log, "SELECT trip_id, state, owner, fence, updated_at FROM trips")

@@ -180,3 +180,23 @@ async def test_an_engine_whose_intent_is_refused_stops_and_sends_nothing(
     refused = [line for line in logs if line["event"] == "stale_write_refused"]
     assert len(refused) == 1, logs
     assert refused[0] | {"replica": "replica-a", "stale_token": 1, "current_token": 2} == refused[0]
+
+
+async def test_a_graceful_stop_hands_its_leases_over_at_once(replicas: Callable[..., StepLogStore]) -> None:
+    a, b = replicas("replica-a"), replicas("replica-b")
+    assert await a.flush([new_trip(a_trip("t-handed")), new_trip(a_trip("t-kept"))])
+    await a.release(["t-handed"])
+    assert [(t.trip_id, t.owner, t.fence) for t in await b.claim_expired(10)] == [("t-handed", "replica-b", 2)]
+
+
+async def test_a_restarted_replica_takes_its_own_trips_back_without_waiting(
+    replicas: Callable[..., StepLogStore],
+) -> None:
+    before, other = replicas("host:50050"), replicas("replica-b")
+    assert await before.flush([new_trip(a_trip("t-mine"))])
+    after = replicas("host:50050")  # the same address, a new process: its leases are still live
+    assert await other.claim_expired(10) == []
+    [back] = await after.claim_own()
+    assert (back.trip_id, back.fence) == ("t-mine", 2)
+    with pytest.raises(StaleLeaseError):  # a straggler of the previous process is fenced off
+        await before.flush([step_write(a_trip("t-mine"), a_step())])
