@@ -4,6 +4,7 @@
     python -m bench --quick         # a smoke run (1-2 minutes): every scenario, small numbers
     python -m bench --profile       # py-spy on the coordinator during a c=16 run -> results/profile.md
     python -m bench --observability # tripmesh with metrics + tracing on vs off, round by round
+    python -m bench --replicas      # 1 vs 3 coordinator replicas on PostgreSQL -> results/replicas-latest.md
 
 Writes bench/results/latest.{md,png,json} and a timestamped copy of each, and prints the table.
 Every process it starts is stopped by PID on the way out, also on Ctrl-C or an error.
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-recovery", action="store_true", help="skip scale and recovery")
     parser.add_argument("--profile", action="store_true", help="py-spy the coordinator during a c=16 run instead")
+    parser.add_argument(
+        "--replicas", action="store_true", help="1 vs 3 coordinator replicas on PostgreSQL (127.0.0.1:5432) instead"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary var dirs and logs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
@@ -141,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench.profile import run_profile
 
             run_profile(work, args.out, quick=args.quick)
+            return 0
+        if args.replicas:
+            from bench.replicas import run_replicas
+
+            run_replicas(work, args.out, quick=args.quick)
             return 0
         return run(args, config, work)
     except KeyboardInterrupt:
