@@ -49,6 +49,7 @@ from coordinator.launcher import (
 )
 from services.kit.healthcheck import connect_address
 from services.kit.tracing import otlp_endpoint
+from services.kit.tls import client_tls, sync_channel
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -193,7 +194,7 @@ def _exit_summary(codes: dict[str, int]) -> str:
 
 
 def _call(address: str, rpc: Callable[[trip_grpc.TripCoordinatorStub], Any]) -> Any:
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address, client_tls()) as channel:
         try:
             return rpc(trip_grpc.TripCoordinatorStub(channel))
         except grpc.RpcError as error:

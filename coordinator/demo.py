@@ -64,6 +64,7 @@ from coordinator.launcher import (
     start_mesh,
 )
 from coordinator.saga import TRIP_SAGA
+from services.kit.tls import aio_channel, client_tls
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -605,7 +606,7 @@ async def book_all(
     gate = asyncio.Semaphore(concurrency)
     done = 0
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address, client_tls()) as channel:
         stub = trip_grpc.TripCoordinatorStub(channel)
 
         async def one(trip: PlannedTrip) -> TripResult:

@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.kit.interceptors import TRIP_ID_METADATA
+from services.kit.tls import TlsFiles, aio_channel, tls_files
 from tripmesh.v1 import flight_service_pb2_grpc as flight_grpc
 from tripmesh.v1 import hotel_service_pb2_grpc as hotel_grpc
 from tripmesh.v1 import notification_service_pb2_grpc as notify_grpc
@@ -113,17 +114,23 @@ CHANNEL_OPTIONS = [
 
 
 class Participants:
-    """One long-lived channel per participant, reused by every trip."""
+    """One long-lived channel per participant, reused by every trip; with TLS on (kit.tls), each presents
+    the coordinator's certificate, the identity participants require for Reserve/Confirm/Cancel."""
 
     def __init__(
-        self, addresses: Addresses, *, call_timeout: float, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+        self,
+        addresses: Addresses,
+        *,
+        call_timeout: float,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        tls: TlsFiles | bool | None = True,
     ) -> None:
-        """`interceptors`: the tracing instrumentation's, when tracing is on; none otherwise."""
+        """`interceptors`: the tracing instrumentation's, when tracing is on; none otherwise. `tls`: True
+        reads the coordinator's certificate from the environment (kit.tls), None or False is plaintext."""
         self.call_timeout = call_timeout
+        files = tls_files("coordinator") if tls is True else (tls or None)
         self._channels = {
-            name: grpc.aio.insecure_channel(
-                getattr(addresses, name), options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
-            )
+            name: aio_channel(getattr(addresses, name), files, CHANNEL_OPTIONS, interceptors=list(interceptors) or None)
             for name in _STUBS
         }
         self._stubs = {name: _STUBS[name](channel) for name, channel in self._channels.items()}

@@ -118,3 +118,18 @@ class InjectedFaultError(TripmeshError):
         self.code = code
         if code is grpc.StatusCode.UNAVAILABLE:
             self.retry_after_seconds = TransientError.retry_after_seconds
+
+
+class PermissionDeniedError(TripmeshError):
+    """A caller whose certificate identity may not call this method (kit.authz)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "CALLER_NOT_ALLOWED"
+
+
+class OverloadedError(TripmeshError):
+    """More work offered than admitted: RESOURCE_EXHAUSTED with RetryInfo, nothing was done or written."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "OVERLOADED"
+    retry_after_seconds = 1.0

@@ -1,8 +1,8 @@
 """Probe a process of the mesh: gRPC health (grpc.health.v1.Health/Check) or a plain TCP connect.
 
 `python -m services.kit.healthcheck 127.0.0.1:50051` exits 0 when the server answers SERVING and 1
-otherwise, with the reason on stderr; `--tcp 127.0.0.1:2525` only checks that something accepts a
-connection (the SMTP sink). docker-compose.yml uses it as every container's healthcheck, and
+otherwise, with the reason on stderr (with TLS on, kit.tls, it presents the `client` certificate);
+`--tcp 127.0.0.1:2525` only checks that something accepts a connection (the SMTP sink). docker-compose.yml uses it as every container's healthcheck, and
 coordinator/launcher.py uses the same functions while it waits for the processes it starts.
 """
 
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.kit.tls import client_tls, sync_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -42,7 +44,7 @@ def connect_address(address: str) -> str:
 
 def check_grpc(address: str, *, service: str = "", timeout: float = 2.0) -> None:
     """Raise ProbeError unless the gRPC server at address reports `service` ('' = the server) SERVING."""
-    with grpc.insecure_channel(connect_address(address)) as channel:
+    with sync_channel(connect_address(address), client_tls()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -5,6 +5,10 @@ the server interceptor binds from the call's metadata, so one trip can be follow
 Library logs (grpc, sqlalchemy) go through the same renderer. With tracing on (`trace_ids=True`),
 every line logged inside a span also carries its `trace_id` and `span_id`, as Jaeger and Tempo show
 them, so a log line leads to its trace and back.
+
+Last before rendering, kit.redact masks every e-mail address (a***@example.com) and removes anything
+that looks like a card number, in every value of every line, tracebacks included (they are formatted
+as text first, so an exception message quoting a request is masked too).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 from typing import Any
 
 import structlog
+
+from services.kit.redact import log_redactor
 
 _configured = False
 
@@ -29,10 +35,10 @@ def configure(component: str, *, fmt: str = "console", level: str = "info", trac
     ]
     if trace_ids:  # only then: with tracing off, no OpenTelemetry import and no per-line cost
         shared.insert(1, _add_trace_ids())
+    shared += [structlog.processors.format_exc_info, log_redactor]
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(

@@ -3,6 +3,12 @@
 Building is apart from running so that tests bind port 0 and drive the server in-process, while
 `python -m services.<name>` runs the same server until SIGTERM/SIGINT. On a signal, health flips to
 NOT_SERVING first, calls in flight get `grace_seconds` to finish, and background tasks are cancelled.
+
+Security (README "Security"): with TLS configured (kit.tls) the port requires client certificates and
+kit.authz keeps Reserve/Confirm/Cancel for the coordinator; every request passes kit.limits' guard
+(decodable, within its field limits, no card number), and a message larger than
+TRIPMESH_<C>_MAX_MESSAGE_BYTES (64 KiB) or more than TRIPMESH_<C>_MAX_CONCURRENT_RPCS calls at once
+answers RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -18,14 +24,20 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.kit.authz import CoordinatorOnly
 from services.kit.faults import component_of, fault_interceptor
 from services.kit.interceptors import ServerInterceptor
 from services.kit.metrics import Metrics
 from services.kit.tracing import Tracing
+from services.kit.limits import RequestGuard
+from services.kit.settings import env_int
+from services.kit.tls import tls_files
 
 log = structlog.get_logger("tripmesh.server")
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # what a server may send (ListTrips pages)
+MAX_RECEIVE_BYTES = 64 * 1024  # what it accepts: every request of the mesh fits in a few KiB
+MAX_CONCURRENT_RPCS = 4096
 
 
 @dataclass(frozen=True)
@@ -75,28 +87,40 @@ def build_server(
     (inside the error interceptor, so injected errors become rich statuses, counted and traced).
     """
     names = [b.full_name for b in bindings]
-    faults = fault_interceptor(component or component_of(domain), names)
+    component = component or component_of(domain)
+    faults = fault_interceptor(component, names)
+    tls = tls_files(component)
+    # Inside the error interceptor (so refusals become rich statuses, counted and traced): the caller's
+    # identity first (TLS on), then the request's limits, then injected faults.
     chain: list[grpc.aio.ServerInterceptor | None] = [
         *(tracing.server_interceptors() if tracing is not None else ()),
         metrics.interceptor() if metrics is not None else None,
         ServerInterceptor(domain),
+        CoordinatorOnly() if tls is not None else None,
+        RequestGuard(),
         faults,
     ]
     interceptors = tuple(i for i in chain if i is not None)
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", env_int(component, "max_message_bytes", MAX_RECEIVE_BYTES)),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=env_int(component, "max_concurrent_rpcs", MAX_CONCURRENT_RPCS),
     )
     for binding in bindings:
         binding.register(binding.servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+        log.warning("plaintext", detail="TLS is off: anyone who reaches this port may call it; see TRIPMESH_TLS_DIR")
+    else:
+        port = server.add_secure_port(address, tls.server_credentials())
+        log.info("mutual_tls", cert=str(tls.cert), ca=str(tls.ca), detail="client certificates required")
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     return BuiltServer(server=server, health=health_servicer, port=port, service_names=names, interceptors=interceptors)

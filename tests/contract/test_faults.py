@@ -22,6 +22,7 @@ from services.hotel.app import SPEC
 from services.hotel.models import reservations
 from services.kit.faults import FaultInterceptor
 from services.kit.interceptors import ServerInterceptor
+from services.kit.limits import RequestGuard
 from services.kit.status import error_info
 from services.participant.runner import RunningParticipant, start_participant
 from tests.support.cases.hotel import reserve
@@ -144,12 +145,11 @@ async def test_no_rules_leave_the_interceptor_chain_as_it_was(hotel: StartHotel)
     unset_or_empty: tuple[list[dict[str, Any]] | None, ...] = (None, [])
     for rules in unset_or_empty:
         async with hotel(rules) as (running, stub):
-            [only] = running.built.interceptors
-            assert type(only) is ServerInterceptor
+            assert [type(i) for i in running.built.interceptors] == [ServerInterceptor, RequestGuard]
             held = await stub.Reserve(reserve(f"trip-plain-{rules is None}/hotel"), timeout=5)
             assert held.reservation.status == common_pb.RESERVATION_STATUS_HELD
     async with hotel([{"method": "Reserve", "latency_ms": 1}]) as (running, _stub):
-        assert [type(i) for i in running.built.interceptors] == [ServerInterceptor, FaultInterceptor]
+        assert [type(i) for i in running.built.interceptors] == [ServerInterceptor, RequestGuard, FaultInterceptor]
 
 
 async def test_bad_configuration_refuses_to_start(hotel: StartHotel) -> None:
