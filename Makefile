@@ -3,7 +3,8 @@
 #   make venv      .venv with the package (editable) and the dev tools; redone only when pyproject.toml
 #                  or setup.py change
 #   make protos    the tripmesh.v1 stubs (git-ignored), regenerated when a .proto changes
-#   make run       venv + protos, then `tripmesh up` (ARGS="--json-logs" to pass options)
+#   make run       venv + protos, then `tripmesh up` (ARGS="--json-logs" to pass options; ARGS=--tls
+#                  for mutual TLS between every process)
 #   make demo      venv + protos, then `tripmesh demo`: a fault-injected mix of trips on a mesh of its
 #                  own (ARGS="--trips 100 --seed 1" to pass options)
 #   make test      lint, typecheck, buf-lint, then pytest

@@ -111,7 +111,13 @@ async def start_coordinator(
 
         events.add(install(metrics, store, lambda: engine.active))
     service = TripService(
-        TRIP_SAGA, store, engine, clock, trip_timeout=settings.trip_timeout, book_wait=settings.book_wait
+        TRIP_SAGA,
+        store,
+        engine,
+        clock,
+        trip_timeout=settings.trip_timeout,
+        book_wait=settings.book_wait,
+        max_pending=settings.max_pending_trips,
     )
     servicer = TripCoordinatorServicer(service)
     built = build_server(

@@ -1,6 +1,8 @@
 """The `tripmesh` command: run the whole mesh locally, book a trip, read trips.
 
     tripmesh up [--json-logs] [--var-dir DIR]    start every process, print where they listen, Ctrl-C stops
+    tripmesh up --tls                            the same with mutual TLS (certificates made if missing)
+    tripmesh certs [--dir var/certs]             a local CA and a certificate per process (cli_security.py)
     tripmesh book --customer cust-ada ...        BookTrip, then the outcome and its step table
     tripmesh trip TRIP_ID                        GetTrip: state, reservations, step timeline
     tripmesh trips [--state needs-attention]     ListTrips (trips waiting for an operator, with why)
@@ -34,7 +36,7 @@ from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import cli_format, demo
+from coordinator import cli_format, cli_security, demo
 from coordinator.audit import AuditSourceError, audit_databases
 from coordinator.launcher import (
     SMTP_SINK,
@@ -48,8 +50,8 @@ from coordinator.launcher import (
     start_mesh,
 )
 from services.kit.healthcheck import connect_address
-from services.kit.tracing import otlp_endpoint
 from services.kit.tls import client_tls, sync_channel
+from services.kit.tracing import otlp_endpoint
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -75,6 +77,7 @@ class CliError(Exception):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    tls_dir = cli_security.prepare_up_tls(args)
     plan = mesh_plan(os.environ, var_dir=args.var_dir, json_logs=args.json_logs)
     busy = [p for p in plan.processes if port_in_use(p.listen)]
     if busy:
@@ -101,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     launcher = Launcher()
     try:
         _start_mesh(launcher, plan, stop, timeout=args.startup_timeout)
-        print(_up_banner(launcher, plan), flush=True)
+        print(_up_banner(launcher, plan, tls_dir), flush=True)
         while not stop.wait(0.5):
             dead = launcher.exited()
             if dead:
@@ -150,7 +153,7 @@ def _start_mesh(launcher: Launcher, plan: MeshPlan, stop: threading.Event, *, ti
     start_mesh(launcher, plan, timeout=timeout, cancel=stop, on_start=started)
 
 
-def _up_banner(launcher: Launcher, plan: MeshPlan) -> str:
+def _up_banner(launcher: Launcher, plan: MeshPlan, tls_dir: str | None = None) -> str:
     pids = {c.name: c.pid for c in launcher.children}
     endpoints = [
         cli_format.Endpoint(p.component.name, p.address, p.data, pids[p.component.name])
@@ -170,8 +173,8 @@ def _up_banner(launcher: Launcher, plan: MeshPlan) -> str:
             *(f"  {name:<12} {url}" for name, url in metrics),
             f"tracing: {tracing}",
             "",
-            f"try: {_grpcurl()} -plaintext {coordinator} describe tripmesh.v1.TripCoordinator"
-            f"   or: tripmesh book --help   (Ctrl-C stops everything)",
+            *cli_security.transport_lines(tls_dir, _grpcurl(), coordinator),
+            "or: tripmesh book --help   (Ctrl-C stops everything)",
             "",
         ]
     )
@@ -216,7 +219,7 @@ def _describe_rpc_error(error: Any, address: str) -> str:
             violations.extend((v.field, v.description) for v in bad.field_violations)
     text = cli_format.format_rpc_error(error.code().name, error.details() or "", reason=reason, violations=violations)
     if error.code() == grpc.StatusCode.UNAVAILABLE:
-        text += f"\n  is the mesh running at {address}? (make run)"
+        text += f"\n  is the mesh running at {address}? (make run) With TLS on, give --tls-dir or TRIPMESH_TLS_DIR."
     return text
 
 
@@ -456,6 +459,7 @@ def _positive(text: str) -> int:
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"coordinator address (default {DEFAULT_ADDRESS})")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
+    cli_security.add_client_tls_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="databases and mail go here (default $TRIPMESH_VAR_DIR or var)",
     )
     up.add_argument("--startup-timeout", type=float, default=STARTUP_TIMEOUT, help="seconds per tier (default 30)")
+    cli_security.add_up_tls_option(up)
     up.set_defaults(handler=cmd_up)
+    cli_security.add_certs_command(commands)
 
     book = commands.add_parser("book", help="book a trip (BookTrip) and print its outcome and steps")
     book.add_argument("--trip-id", default="", help="the idempotency key (default: a new trip-<uuid>)")
@@ -559,6 +565,7 @@ def _default_var_dir() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli_security.apply_client_tls(args)
     try:
         code: int = args.handler(args)
     except CliError as error:

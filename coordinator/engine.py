@@ -81,6 +81,7 @@ class Engine:
         # nothing. Without it, a recovery of thousands of trips (or a burst) sends every call at once,
         # deadlines pass in the participants' queues and retry budgets burn into needless compensations.
         self._slots = asyncio.Semaphore(max_active)
+        self._in_slots = 0
         self.crash = crash
         self.saga = saga
         self.store = store
@@ -143,6 +144,12 @@ class Engine:
     def active(self) -> int:
         return len(self._tasks)
 
+    @property
+    def waiting(self) -> int:
+        """Trips started here but still waiting for a slot: nothing sent yet, a new one not even written.
+        TripService admits new trips only while this is under its limit (backpressure)."""
+        return len(self._tasks) - self._in_slots
+
     async def wait(self, trip_id: str, seconds: float | None) -> None:
         """Wait until the trip this process drives is terminal, or `seconds` pass."""
         event = self._finished.get(trip_id)
@@ -167,7 +174,11 @@ class Engine:
         with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id), self.events.driving(trip):
             try:
                 async with self._slots:
-                    await self._run(trip)
+                    self._in_slots += 1
+                    try:
+                        await self._run(trip)
+                    finally:
+                        self._in_slots -= 1
             except Exception:
                 # A bug, not an outcome: leave the trip to recovery at the next start, and say so loudly.
                 log.exception("trip_driver_crashed", state=trip.state.value)

@@ -12,6 +12,7 @@ from coordinator.trip import Action, StepStatus, Trip, TripRequest, TripState
 from services.kit.clock import Clock
 from services.kit.errors import (
     InvalidRequestError,
+    OverloadedError,
     TransientError,
     TripConflictError,
     TripNotFoundError,
@@ -29,6 +30,7 @@ class TripService:
         *,
         trip_timeout: float,
         book_wait: float,
+        max_pending: int | None = None,
     ) -> None:
         self.saga = saga
         self.store = store
@@ -36,6 +38,7 @@ class TripService:
         self.clock = clock
         self.trip_timeout = timedelta(seconds=trip_timeout)
         self.book_wait = book_wait
+        self.max_pending = max_pending  # None: no admission limit (new trips queue for a slot)
 
     async def book(self, request: TripRequest, wait: float | None) -> Trip:
         """Accept the trip (durably, once per trip id), then wait for its outcome up to `wait` seconds.
@@ -57,6 +60,7 @@ class TripService:
                 definition_version=self.saga.version,
                 fence=1,  # the first lease's token, written with the trip (coordinator/lease.py)
             )
+            self._admit(request.trip_id)  # no await between this check and the start: the limit is exact
             self.engine.start(candidate, new=True)  # a no-op if a concurrent call started this id first
             trip = self.engine.live(request.trip_id) or candidate
         if trip.request.fingerprint() != request.fingerprint():
@@ -95,6 +99,20 @@ class TripService:
                 return self.engine.live(trip_id) or trip
             await asyncio.sleep(min(every, left))
             every = min(every * 2, 1.0)
+
+    def _admit(self, trip_id: str) -> None:
+        """Backpressure: refuse a new trip, before anything is written, when `max_pending` trips already
+        wait for a slot. Trips already accepted, recovered ones and repeats of known trip ids are never
+        refused here; after a crash, a recovered backlog counts too, so new trips wait until it drains."""
+        if self.max_pending is None or self.engine.live(trip_id) is not None:
+            return
+        waiting = self.engine.waiting
+        if waiting >= self.max_pending:
+            raise OverloadedError(
+                f"the coordinator is at capacity ({self.engine.active - waiting} trips in progress, {waiting} "
+                f"waiting); trip {trip_id!r} was not accepted and nothing was written: retry later",
+                metadata={"waiting_trips": str(waiting), "max_pending_trips": str(self.max_pending)},
+            )
 
     async def retry(self, trip_id: str, wait: float | None) -> Trip:
         """An operator's retry of a trip parked in NEEDS_ATTENTION: resume it with fresh retry budgets."""

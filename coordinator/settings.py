@@ -24,6 +24,8 @@ class CoordinatorSettings:
     # Replicas (coordinator/lease.py): "" names this process <hostname>:<port>.
     replica_id: str = ""
     lease: LeaseTiming = field(default_factory=LeaseTiming)
+    # New trips waiting for one of max_active_trips' slots; beyond it BookTrip answers RESOURCE_EXHAUSTED.
+    max_pending_trips: int = 1024
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -54,4 +56,5 @@ class CoordinatorSettings:
                 renew_seconds=env_float(c, "lease_renew_seconds", 0.0),
                 takeover_seconds=env_float(c, "takeover_scan_seconds", 0.0),
             ),
+            max_pending_trips=env_int(c, "max_pending_trips", 1024),
         )

@@ -2,8 +2,9 @@
 
 `python -m services.kit.healthcheck 127.0.0.1:50051` exits 0 when the server answers SERVING and 1
 otherwise, with the reason on stderr (with TLS on, kit.tls, it presents the `client` certificate);
-`--tcp 127.0.0.1:2525` only checks that something accepts a connection (the SMTP sink). docker-compose.yml uses it as every container's healthcheck, and
-coordinator/launcher.py uses the same functions while it waits for the processes it starts.
+`--tcp 127.0.0.1:2525` only checks that something accepts a connection (the SMTP sink).
+docker-compose.yml uses it as every container's healthcheck, and coordinator/launcher.py uses the
+same functions while it waits for the processes it starts.
 """
 
 from __future__ import annotations

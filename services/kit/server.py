@@ -27,11 +27,11 @@ from grpc_reflection.v1alpha import reflection
 from services.kit.authz import CoordinatorOnly
 from services.kit.faults import component_of, fault_interceptor
 from services.kit.interceptors import ServerInterceptor
-from services.kit.metrics import Metrics
-from services.kit.tracing import Tracing
 from services.kit.limits import RequestGuard
+from services.kit.metrics import Metrics
 from services.kit.settings import env_int
 from services.kit.tls import tls_files
+from services.kit.tracing import Tracing
 
 log = structlog.get_logger("tripmesh.server")
 

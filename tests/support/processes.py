@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,9 +221,10 @@ def tripmesh_up(
     *,
     startup_timeout: float = 60.0,
     stop_timeout: float = 20.0,
+    args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[RunningMesh]:
-    """Run `tripmesh up --var-dir <work_dir>/var` on free ports until the block ends; stop it by PID."""
+    """Run `tripmesh up --var-dir <work_dir>/var [args]` on free ports until the block ends; stop it by PID."""
     free = free_ports(len(PORT_PREFIXES) + len(METRICS))
     ports = dict(zip(PORT_PREFIXES, free[: len(PORT_PREFIXES)], strict=True))
     env = mesh_env(ports, metrics_ports=dict(zip(METRICS, free[len(PORT_PREFIXES) :], strict=True)))
@@ -232,7 +233,7 @@ def tripmesh_up(
     stdout_path, stderr_path = work_dir / "up.stdout", work_dir / "up.stderr"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = subprocess.Popen(
-            [*tripmesh_command(), "up", "--var-dir", str(var_dir)],
+            [*tripmesh_command(), "up", "--var-dir", str(var_dir), *args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
