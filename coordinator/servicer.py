@@ -46,6 +46,9 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise InvalidRequestError.of("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
         state = None
+        if request.state not in common_pb.TripState.values():
+            # An enum number this server does not know (found by tests/e2e/test_fuzz.py: it was INTERNAL).
+            raise InvalidRequestError.of("state", f"{request.state} is not a TripState")
         if request.state != common_pb.TRIP_STATE_UNSPECIFIED:
             state = TripState(common_pb.TripState.Name(request.state).removeprefix("TRIP_STATE_"))
         trips, token = await self.service.list(
