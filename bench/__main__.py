@@ -5,6 +5,7 @@
     python -m bench --profile       # py-spy on the coordinator during a c=16 run -> results/profile.md
     python -m bench --observability # tripmesh with metrics + tracing on vs off, round by round
     python -m bench --replicas      # 1 vs 3 coordinator replicas on PostgreSQL -> results/replicas-latest.md
+    python -m bench --tls           # the same with mutual TLS between every process (kit.tls)
 
 Writes bench/results/latest.{md,png,json} and a timestamped copy of each, and prints the table.
 Every process it starts is stopped by PID on the way out, also on Ctrl-C or an error.
@@ -28,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import bench.mesh
 from bench.mesh import REGISTRY, REPO
 from bench.scenarios import (
     FULL,
@@ -106,6 +108,16 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _switch_tls_on(directory: Path) -> None:
+    """Certificates for this run; every mesh it starts, and its own load and probes, use them."""
+    from services.kit.certs import issue
+    from services.kit.tls import TLS_DIR_VARIABLE
+
+    issue(directory)
+    bench.mesh.TLS_DIR = directory
+    os.environ[TLS_DIR_VARIABLE] = str(directory)
+
+
 def _on_signal(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replicas", action="store_true", help="1 vs 3 coordinator replicas on PostgreSQL (127.0.0.1:5432) instead"
     )
+    parser.add_argument("--tls", action="store_true", help="mutual TLS between every process and for the load")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary var dirs and logs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _on_signal)
     work = Path(tempfile.mkdtemp(prefix="tripmesh-bench-"))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.tls:
+        _switch_tls_on(work / "certs")
     try:
         if args.profile:
             from bench.profile import run_profile
@@ -199,6 +214,7 @@ def run(args: argparse.Namespace, config: Config, work: Path) -> int:
         "load_before": load_before,
         "load_after": _load(),
         "others_cores": f"{others[len(others) // 2]:.2f}" if others else "n/a",
+        "transport": "mutual TLS" if args.tls else "plaintext",
     }
     text = markdown(summary, scale, config, meta)
     if messages:

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.flight.catalogue import ROUTES
+from services.kit.tls import aio_channel, client_tls
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -158,7 +159,7 @@ async def drive(
     """
     result = LoadResult(concurrency=concurrency)
     requests = [plan.next(prefix) for _ in range(trips)]
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address, client_tls()) as channel:
         await _wait_ready(channel)
         stub = trip_grpc.TripCoordinatorStub(channel)
         queue = iter(requests)
@@ -213,7 +214,7 @@ async def submit(
     """
     result = LoadResult(concurrency=concurrency)
     requests = [plan.next(prefix) for _ in range(trips)]
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address, client_tls()) as channel:
         await _wait_ready(channel)
         stub = trip_grpc.TripCoordinatorStub(channel)
         queue = iter(requests)

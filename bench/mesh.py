@@ -155,9 +155,15 @@ class Registry:
 REGISTRY = Registry()
 
 
+# `python -m bench --tls`: the certificate directory every process of every mesh uses (kit.tls).
+TLS_DIR: Path | None = None
+
+
 def base_env() -> dict[str, str]:
-    """The caller's environment without any TRIPMESH_* of a developer's own mesh."""
+    """The caller's environment without any TRIPMESH_* of a developer's own mesh (but the bench's TLS)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPMESH_")}
+    if TLS_DIR is not None:
+        env["TRIPMESH_TLS_DIR"] = str(TLS_DIR)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -49,6 +49,8 @@ HOLD_RULE = json.dumps([{"method": "Reserve", "match": HOLD_MARKER, "latency_ms"
 HOLD_COORDINATOR_ENV = {
     "TRIPMESH_COORDINATOR_CALL_TIMEOUT_SECONDS": "7200",
     "TRIPMESH_COORDINATOR_TRIP_TIMEOUT_SECONDS": "7200",
+    # 10,000 trips parked on purpose: admit them all (beyond max_active they wait for a slot).
+    "TRIPMESH_COORDINATOR_MAX_PENDING_TRIPS": "1000000",
 }
 
 
