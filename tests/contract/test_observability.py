@@ -188,5 +188,5 @@ def test_tracing_off_imports_nothing_of_opentelemetry(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     interceptors, modules = out.stdout.strip().splitlines()[-2:]
-    assert interceptors == "['ServerInterceptor']"
+    assert interceptors == "['ServerInterceptor', 'RequestGuard']"  # the request guard (kit.limits) is always on
     assert modules == "[]"
