@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
 from coordinator.parse import parse_book_trip, parse_trip_id
 from coordinator.service import TripService
 from coordinator.trip import TripState
 from coordinator.views import trip_to_proto
+from coordinator.watch import TripWatcher
+from coordinator.watch_views import watch_item_to_proto
 from services.kit.errors import InvalidRequestError
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
@@ -21,6 +25,7 @@ REPLY_MARGIN_SECONDS = 0.05
 class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
     def __init__(self, service: TripService) -> None:
         self.service = service
+        self.watcher = TripWatcher(service.engine.events, service.get, service.engine.live)
 
     async def BookTrip(
         self, request: trip_pb.BookTripRequest, context: grpc.aio.ServicerContext
@@ -39,6 +44,13 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
     ) -> trip_pb.GetTripResponse:
         trip = await self.service.get(parse_trip_id(request.trip_id))
         return trip_pb.GetTripResponse(trip=trip_to_proto(self.service.saga, trip))
+
+    async def WatchTrip(
+        self, request: trip_pb.WatchTripRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[trip_pb.WatchTripResponse]:
+        trip_id = parse_trip_id(request.trip_id)
+        async for item in self.watcher.watch(trip_id):
+            yield watch_item_to_proto(self.service.saga, trip_id, item)
 
     async def ListTrips(
         self, request: trip_pb.ListTripsRequest, context: grpc.aio.ServicerContext

@@ -31,8 +31,8 @@ def trip_to_proto(saga: SagaDefinition, trip: Trip) -> trip_pb.Trip:
         state=common_pb.TripState.Value(f"TRIP_STATE_{trip.state.value}"),
         customer_id=trip.request.customer_id,
         failure_reason=trip.failure_reason,
-        create_time=_ts(trip.created_at),
-        update_time=_ts(trip.updated_at),
+        create_time=timestamp(trip.created_at),
+        update_time=timestamp(trip.updated_at),
         request=request_to_proto(trip.request),
     )
     total = trip_total(saga, trip)
@@ -54,7 +54,7 @@ def trip_to_proto(saga: SagaDefinition, trip: Trip) -> trip_pb.Trip:
                 ),
             )
         )
-    message.steps.extend(_step_to_proto(saga, trip, step) for step in trip.ordered_steps())
+    message.steps.extend(step_to_proto(saga, trip.trip_id, step) for step in trip.ordered_steps())
     return message
 
 
@@ -71,22 +71,22 @@ def _reservation_status(trip: Trip, participant: str) -> common_pb.ReservationSt
     return common_pb.RESERVATION_STATUS_UNSPECIFIED
 
 
-def _step_to_proto(saga: SagaDefinition, trip: Trip, step: Step) -> trip_pb.TripStep:
+def step_to_proto(saga: SagaDefinition, trip_id: str, step: Step) -> trip_pb.TripStep:
     message = trip_pb.TripStep(
         name=step.name,
         participant=step.participant,
         action=_ACTION[step.action],
         status=_STEP_STATUS[step.status],
         attempts=step.attempts,
-        start_time=_ts(step.started_at),
+        start_time=timestamp(step.started_at),
         error_code=step.error_code,
         error_reason=step.error_reason,
         error_message=step.error_message,
-        reservation_id=reservation_id(trip.trip_id, step.participant),
+        reservation_id=reservation_id(trip_id, step.participant),
         auxiliary=step.participant in saga.auxiliary,
     )
     if step.finished_at is not None:
-        message.end_time.CopyFrom(_ts(step.finished_at))
+        message.end_time.CopyFrom(timestamp(step.finished_at))
         duration = duration_pb2.Duration()
         duration.FromTimedelta(step.finished_at - step.started_at)
         message.duration.CopyFrom(duration)
@@ -120,7 +120,7 @@ def request_to_proto(request: TripRequest) -> trip_pb.BookTripRequest:
     return message
 
 
-def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
