@@ -3,6 +3,7 @@
     tripmesh up [--json-logs] [--var-dir DIR]    start every process, print where they listen, Ctrl-C stops
     tripmesh up --tls                            the same with mutual TLS (certificates made if missing)
     tripmesh certs [--dir var/certs]             a local CA and a certificate per process (cli_security.py)
+    tripmesh dashboard [--port 8080]             the dashboard alone, for a coordinator already running
     tripmesh book --customer cust-ada ...        BookTrip, then the outcome and its step table
     tripmesh trip TRIP_ID                        GetTrip: state, reservations, step timeline
     tripmesh trips [--state needs-attention]     ListTrips (trips waiting for an operator, with why)
@@ -39,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from coordinator import cli_format, cli_security, demo
 from coordinator.audit import AuditSourceError, audit_databases
 from coordinator.launcher import (
+    DASHBOARD,
     SMTP_SINK,
     Launcher,
     LaunchError,
@@ -78,7 +80,7 @@ class CliError(Exception):
 
 def cmd_up(args: argparse.Namespace) -> int:
     tls_dir = cli_security.prepare_up_tls(args)
-    plan = mesh_plan(os.environ, var_dir=args.var_dir, json_logs=args.json_logs)
+    plan = mesh_plan(os.environ, var_dir=args.var_dir, json_logs=args.json_logs, dashboard=True)
     busy = [p for p in plan.processes if port_in_use(p.listen)]
     if busy:
         for p in busy:
@@ -163,6 +165,7 @@ def _up_banner(launcher: Launcher, plan: MeshPlan, tls_dir: str | None = None) -
     metrics = [(p.component.name, f"http://{p.metrics}/metrics") for p in plan.processes if p.metrics]
     endpoint = otlp_endpoint(os.environ)
     tracing = f"OTLP to {endpoint}" if endpoint else "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send spans)"
+    dashboard = [f"dashboard: {p.data}  (open it in a browser)" for p in plan.processes if p.component is DASHBOARD]
     return "\n".join(
         [
             "",
@@ -173,6 +176,7 @@ def _up_banner(launcher: Launcher, plan: MeshPlan, tls_dir: str | None = None) -
             *(f"  {name:<12} {url}" for name, url in metrics),
             f"tracing: {tracing}",
             "",
+            *dashboard,
             *cli_security.transport_lines(tls_dir, _grpcurl(), coordinator),
             "or: tripmesh book --help   (Ctrl-C stops everything)",
             "",
@@ -191,6 +195,31 @@ def _grpcurl() -> str:
 
 def _exit_summary(codes: dict[str, int]) -> str:
     return ", ".join(f"{name} {code}" for name, code in codes.items()) or "nothing was running"
+
+
+# --- tripmesh dashboard ------------------------------------------------------------------------------
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from coordinator.dashboard.server import DashboardSettings, serve  # aiohttp only when asked for
+    from services.kit import logging as kit_logging
+
+    settings = DashboardSettings.from_env()
+    settings = DashboardSettings(
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        coordinator_address=args.coordinator or settings.coordinator_address,
+    )
+    if port_in_use(f"{settings.host}:{settings.port}"):
+        raise CliError(f"tripmesh: {settings.host}:{settings.port} is already in use; try --port")
+    kit_logging.configure("dashboard", fmt=os.environ.get("TRIPMESH_LOG_FORMAT", "console"))
+    print(
+        f"tripmesh dashboard: http://{connect_address(f'{settings.host}:{settings.port}')}/ "
+        f"(coordinator {settings.coordinator_address}; Ctrl-C stops it)",
+        flush=True,
+    )
+    serve(settings)
+    return 0
 
 
 # --- client commands ----------------------------------------------------------------------------------
@@ -466,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tripmesh", description="Run the tripmesh mesh and book trips through it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="start the SMTP sink, every service and the coordinator; Ctrl-C stops them")
+    up = commands.add_parser(
+        "up", help="start the SMTP sink, every service, the coordinator and the dashboard; Ctrl-C stops them"
+    )
     up.add_argument("--json-logs", action="store_true", help="children log JSON lines instead of console text")
     up.add_argument(
         "--var-dir",
@@ -477,6 +508,26 @@ def build_parser() -> argparse.ArgumentParser:
     cli_security.add_up_tls_option(up)
     up.set_defaults(handler=cmd_up)
     cli_security.add_certs_command(commands)
+
+    dash = commands.add_parser(
+        "dashboard",
+        help="serve the dashboard in the browser for a running coordinator (tripmesh up starts one too)",
+        description="Serves the trip dashboard over HTTP: trips by state with live counts, each trip's saga "
+        "as a live timeline, Retry for a trip in NEEDS_ATTENTION. It talks to the coordinator only through "
+        "its public gRPC API. Ctrl-C stops it.",
+    )
+    dash.add_argument(
+        "--host", default=None, help="listen on this host (default $TRIPMESH_DASHBOARD_HOST or 127.0.0.1)"
+    )
+    dash.add_argument(
+        "--port", type=int, default=None, help="listen on this port (default $TRIPMESH_DASHBOARD_PORT or 8080)"
+    )
+    dash.add_argument(
+        "--coordinator",
+        default=None,
+        help="the coordinator's address (default $TRIPMESH_DASHBOARD_COORDINATOR_ADDRESS or 127.0.0.1:50050)",
+    )
+    dash.set_defaults(handler=cmd_dashboard)
 
     book = commands.add_parser("book", help="book a trip (BookTrip) and print its outcome and steps")
     book.add_argument("--trip-id", default="", help="the idempotency key (default: a new trip-<uuid>)")

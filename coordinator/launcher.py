@@ -4,11 +4,12 @@
 `sys.executable -m <module>` with its own environment, in its own process group, so a Ctrl-C at the
 terminal reaches only the launcher, which then stops the children itself, in waves: the coordinator
 first (so a saga in flight finishes its calls, or stops at a step boundary, while the participants
-still answer), then the participants, then the SMTP sink (notify delivers to it until it stops). Each
+still answer; the dashboard, its client, goes with it), then the participants, then the SMTP sink
+(notify delivers to it until it stops). Each
 wave gets SIGTERM, up to `grace` seconds to exit, then SIGKILL for whoever is left.
 
 `mesh_plan` describes the whole mesh as `tripmesh up` starts it (the SMTP sink, the four participants,
-then the coordinator), with every address and database file taken from the same TRIPMESH_* variables
+the coordinator, then the dashboard), with every address and database file taken from the same TRIPMESH_* variables
 the services read, so what the launcher prints is where the services really listen.
 """
 
@@ -169,7 +170,7 @@ def stop_waves(children: Sequence[Child]) -> list[list[Child]]:
     Empty waves are left out."""
 
     def rank(child: Child) -> int:
-        if child.module == COORDINATOR.module:
+        if child.module in (COORDINATOR.module, DASHBOARD.module):
             return 0
         if child.module == SMTP_SINK.module:
             return 2
@@ -221,7 +222,7 @@ class Component:
     module: str
     prefix: str  # TRIPMESH_<prefix>_PORT, ..._HOST, ..._DATABASE_URL
     default_port: int
-    kind: Literal["grpc", "tcp"] = "grpc"
+    kind: Literal["grpc", "tcp", "http"] = "grpc"
 
 
 SMTP_SINK = Component("smtp-sink", "services.notify.smtp_sink", "SMTP_SINK", 2525, "tcp")
@@ -232,8 +233,10 @@ PARTICIPANTS = (
     Component("notify", "services.notify", "NOTIFY", 50054),
 )
 COORDINATOR = Component("coordinator", "coordinator", "COORDINATOR", 50050)
+# A client of the coordinator's public API, nothing more; its "data" is the address to open.
+DASHBOARD = Component("dashboard", "coordinator.dashboard", "DASHBOARD", 8080, "http")
 # Started tier by tier; the processes of one tier start together.
-TIERS: tuple[tuple[Component, ...], ...] = ((SMTP_SINK,), PARTICIPANTS, (COORDINATOR,))
+TIERS: tuple[tuple[Component, ...], ...] = ((SMTP_SINK,), PARTICIPANTS, (COORDINATOR,), (DASHBOARD,))
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ class PlannedProcess:
     @property
     def probe(self) -> Probe:
         address = self.address
-        if self.component.kind == "tcp":
+        if self.component.kind in ("tcp", "http"):
             return lambda: tcp_open(address, timeout=1.0)
         return lambda: grpc_serving(address, timeout=1.0)
 
@@ -260,21 +263,26 @@ class MeshPlan:
 
     def tiers(self) -> Iterator[list[PlannedProcess]]:
         for tier in TIERS:
-            yield [p for p in self.processes if p.component in tier]
+            processes = [p for p in self.processes if p.component in tier]
+            if processes:
+                yield processes
 
 
-def mesh_plan(environ: Mapping[str, str], *, var_dir: str, json_logs: bool = False) -> MeshPlan:
+def mesh_plan(
+    environ: Mapping[str, str], *, var_dir: str, json_logs: bool = False, dashboard: bool = False
+) -> MeshPlan:
     """Where each process listens and keeps its data, from TRIPMESH_* variables and their defaults.
 
     Variables already set win; the launcher only fills in what wires the processes together (the
     coordinator's participant addresses, notify's SMTP server) so that changing one port is enough.
+    With `dashboard`, the plan ends with the dashboard, pointed at the coordinator (`tripmesh up`).
     """
     env = {"TRIPMESH_VAR_DIR": var_dir}
     if json_logs:
         env["TRIPMESH_LOG_FORMAT"] = "json"
     default_host = environ.get("TRIPMESH_HOST", "127.0.0.1")
     processes: list[PlannedProcess] = []
-    for component in (SMTP_SINK, *PARTICIPANTS, COORDINATOR):
+    for component in (SMTP_SINK, *PARTICIPANTS, COORDINATOR, *((DASHBOARD,) if dashboard else ())):
         # The sink is a local test double: it listens on loopback unless told otherwise.
         fallback_host = "127.0.0.1" if component is SMTP_SINK else default_host
         host = environ.get(f"TRIPMESH_{component.prefix}_HOST", fallback_host)
@@ -282,6 +290,8 @@ def mesh_plan(environ: Mapping[str, str], *, var_dir: str, json_logs: bool = Fal
         listen = f"{host}:{port}"
         if component is SMTP_SINK:
             data = environ.get("TRIPMESH_SMTP_SINK_DIR") or os.path.join(var_dir, "mail") + os.sep
+        elif component is DASHBOARD:
+            data = f"http://{connect_address(listen)}/"
         else:
             default_db = os.path.join(var_dir, f"{component.name}.db")
             data = environ.get(f"TRIPMESH_{component.prefix}_DATABASE_URL", default_db)
@@ -291,6 +301,9 @@ def mesh_plan(environ: Mapping[str, str], *, var_dir: str, json_logs: bool = Fal
     for participant in PARTICIPANTS:
         key = f"TRIPMESH_COORDINATOR_{participant.prefix}_ADDRESS"
         env[key] = environ.get(key, by_name[participant.name].address)
+    if dashboard:
+        key = "TRIPMESH_DASHBOARD_COORDINATOR_ADDRESS"
+        env[key] = environ.get(key, by_name[COORDINATOR.name].address)
     sink_host, sink_port = split_address(by_name[SMTP_SINK.name].address)
     env["TRIPMESH_NOTIFY_SMTP_HOST"] = environ.get("TRIPMESH_NOTIFY_SMTP_HOST", sink_host)
     env["TRIPMESH_NOTIFY_SMTP_PORT"] = environ.get("TRIPMESH_NOTIFY_SMTP_PORT", str(sink_port))
