@@ -7,6 +7,7 @@ from the trip's creation. A step still running is drawn up to `now`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -195,7 +196,7 @@ def build(trip: trip_pb.Trip, now: datetime) -> Timeline:
 
 def _with_room(bars: list[Bar]) -> list[Bar]:
     ordered = sorted(bars, key=lambda b: b.left)
-    rooms = [nxt.left - (bar.left + bar.width) for bar, nxt in zip(ordered, ordered[1:], strict=False)]
+    rooms = [nxt.left - (bar.left + bar.width) for bar, nxt in itertools.pairwise(ordered)]
     rooms.append(100.0 - (ordered[-1].left + ordered[-1].width) if ordered else 100.0)
     return [replace(bar, room=room) for bar, room in zip(ordered, rooms, strict=True)]
 

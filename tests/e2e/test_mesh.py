@@ -62,6 +62,7 @@ GRPCURL_EXAMPLES = [
     "BookTrip ada-vienna-sold-out",
     "BookTrip ada-lisbon-declined",
     "GetTrip ada-lisbon-declined",
+    "WatchTrip ada-lisbon-declined",
     "ListTrips TRIP_STATE_CANCELLED",
     "BookTrip bad-1",
 ]
@@ -354,6 +355,24 @@ def check_get_declined(runs: Runs, _mesh: RunningMesh) -> None:
     assert got["failure_reason"] == booked["failure_reason"]
 
 
+def json_stream(text: str) -> list[dict[str, Any]]:
+    """grpcurl prints a server stream as JSON objects one after another."""
+    decoder, at, messages = json.JSONDecoder(), 0, []
+    while text[at:].strip():
+        message, at = decoder.raw_decode(text, len(text) - len(text[at:].lstrip()))
+        messages.append(message)
+    return messages
+
+
+def check_watch_declined(runs: Runs, _mesh: RunningMesh) -> None:
+    result = runs["WatchTrip ada-lisbon-declined"]
+    assert result.returncode == 0, described(result)  # a finished trip: the snapshot, then the stream ends
+    messages = json_stream(result.stdout)
+    assert [list(m) for m in messages] == [["snapshot"]], described(result)
+    check_declined(messages[0]["snapshot"])
+    assert messages[0]["snapshot"] == trip_of(runs["GetTrip ada-lisbon-declined"])
+
+
 def check_list_cancelled(runs: Runs, _mesh: RunningMesh) -> None:
     result = runs["ListTrips TRIP_STATE_CANCELLED"]
     assert result.returncode == 0, described(result)
@@ -391,6 +410,7 @@ CHECKS: dict[str, Callable[[Runs, RunningMesh], None]] = {
     "BookTrip ada-vienna-sold-out": check_sold_out,
     "BookTrip ada-lisbon-declined": check_booked_declined,
     "GetTrip ada-lisbon-declined": check_get_declined,
+    "WatchTrip ada-lisbon-declined": check_watch_declined,
     "ListTrips TRIP_STATE_CANCELLED": check_list_cancelled,
     "BookTrip bad-1": check_bad_input,
 }

@@ -1,4 +1,4 @@
-"""`tripmesh up` as `make run` runs it: starts the six processes, prints where they listen, and stops them.
+"""`tripmesh up` as `make run` runs it: starts the seven processes, prints where they listen, and stops them.
 
 Every port is a free one and the var dir a tmp dir (never the documented defaults). The launcher is
 stopped the way a person or a supervisor would (SIGINT, SIGTERM); a child that dies takes the mesh
@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,8 @@ from services.kit.healthcheck import grpc_serving
 
 pytestmark = pytest.mark.e2e
 
-RESERVED_PORTS = {2525, *range(50050, 50056)}
-COMPONENTS = ("COORDINATOR", "FLIGHT", "HOTEL", "PAYMENT", "NOTIFY", "SMTP_SINK")
+RESERVED_PORTS = {2525, 8080, *range(50050, 50056)}
+COMPONENTS = ("COORDINATOR", "FLIGHT", "HOTEL", "PAYMENT", "NOTIFY", "SMTP_SINK", "DASHBOARD")
 ROW = re.compile(r"^(?P<service>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S+)\s+(?P<pid>\d+)$")
 
 
@@ -107,7 +108,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 def test_up_starts_everything_and_sigint_stops_everything(up: Up) -> None:
     table = up.wait_until_up()
-    assert list(table) == ["coordinator", "smtp-sink", "flight", "hotel", "payment", "notify"]
+    assert list(table) == ["coordinator", "smtp-sink", "flight", "hotel", "payment", "notify", "dashboard"]
     assert table["coordinator"][0] == f"127.0.0.1:{up.env['TRIPMESH_COORDINATOR_PORT']}"
     assert table["flight"][1] == str(up.var_dir / "flight.db")
     assert table["smtp-sink"][1] == str(up.var_dir / "mail") + "/"
@@ -115,12 +116,18 @@ def test_up_starts_everything_and_sigint_stops_everything(up: Up) -> None:
     for service in ("coordinator", "flight", "hotel", "payment", "notify"):
         assert grpc_serving(table[service][0]), service
     assert "grpcurl -plaintext" in up.stdout.read_text()
+    dashboard = f"http://127.0.0.1:{up.env['TRIPMESH_DASHBOARD_PORT']}/"
+    assert table["dashboard"][1] == dashboard and f"dashboard: {dashboard}" in up.stdout.read_text()
+    with urllib.request.urlopen(f"{dashboard}healthz", timeout=5) as answer:
+        assert answer.read() == b"ok\n"
 
     up.process.send_signal(signal.SIGINT)
     assert up.process.wait(timeout=30) == 0, up.output()
     pids = [pid for _, _, pid in table.values()]
     assert not [pid for pid in pids if alive(pid)], up.output()
-    assert "stopped (smtp-sink 0, flight 0, hotel 0, payment 0, notify 0, coordinator 0)" in up.stderr.read_text()
+    assert "stopped (smtp-sink 0, flight 0, hotel 0, payment 0, notify 0, coordinator 0, dashboard 0)" in (
+        up.stderr.read_text()
+    )
 
 
 def test_a_child_that_dies_takes_the_mesh_down_with_a_non_zero_exit(up: Up) -> None:

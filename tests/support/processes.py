@@ -35,6 +35,7 @@ PORT_PREFIXES = {
     "payment": "PAYMENT",
     "notify": "NOTIFY",
     "smtp-sink": "SMTP_SINK",
+    "dashboard": "DASHBOARD",
 }
 DEFAULT_PORTS = {
     "coordinator": 50050,
@@ -43,6 +44,7 @@ DEFAULT_PORTS = {
     "payment": 50053,
     "notify": 50054,
     "smtp-sink": 2525,
+    "dashboard": 8080,
 }
 METRICS = ("coordinator", "flight", "hotel", "payment", "notify")  # TRIPMESH_<C>_METRICS_PORT
 BANNER = "tripmesh is up:"
