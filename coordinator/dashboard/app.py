@@ -60,6 +60,8 @@ def stuck_step(trip: trip_pb.Trip) -> trip_pb.TripStep | None:
 def reservation_status(trip: trip_pb.Trip, participant: str) -> str:
     for reservation in trip.reservations:
         if reservation.participant == participant:
+            if reservation.status == common_pb.RESERVATION_STATUS_UNSPECIFIED:
+                return "PENDING"  # its Reserve has been sent, not answered
             return common_pb.ReservationStatus.Name(reservation.status).removeprefix("RESERVATION_STATUS_")
     refused = any(s.participant == participant and s.status == trip_pb.STEP_STATUS_REFUSED for s in trip.steps)
     return "REFUSED" if refused else ""

@@ -124,7 +124,7 @@ class Timeline:
 def fmt_ms(ms: float) -> str:
     if ms == 0:
         return "0 ms"
-    if ms >= 10_000:
+    if ms >= 1000:
         return f"{ms / 1000:,.1f} s"
     return f"{ms:,.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
 
