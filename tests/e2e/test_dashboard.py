@@ -6,7 +6,8 @@ trip parks in NEEDS_ATTENTION until the hotel is restarted without the fault. Bo
 coordinator's API: a confirmed trip, a compensated one (declined card), a stuck one, and a slow one
 followed live. Then the checks a person makes by looking: every lane's reserve and confirm bars and
 the commit line before the confirms; the cancel bars in reverse order of reservation; the stuck
-trip's reason and a Retry button that, once the hotel is back, takes it to CANCELLED on the page. Screenshots go to var/test-artifacts/dashboard/.
+trip's reason and a Retry button that, once the hotel is back, takes it to CANCELLED on the page.
+Screenshots go to var/test-artifacts/dashboard/.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "var" / "test-artifacts" / "dashboard"
-SLOW_MS = 1500  # the hotel's Reserve for "slow" trips: long enough to watch the page change
+SLOW_MS = 4000  # the hotel's Reserve for "slow" trips: long enough to watch the page change
 LANES = ("flight", "hotel", "payment", "notify")
 
 
