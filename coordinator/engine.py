@@ -295,14 +295,15 @@ class Engine:
                 self.crash.hit("after_intent", name)
             with self.events.calling(trip, step) as call:
                 call.outcome = outcome = await self.participants.call(name, request, trip.trip_id)
-            if self.crash:
-                self.crash.hit("after_call", name)
-            self._record(step, outcome)
-            retry = outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.UNKNOWN) and step.attempts < budget
-            if not retry:
-                if step.status is StepStatus.STARTED:
-                    step.status = StepStatus.FAILED
-                step.finished_at = self.clock.now()
+                if self.crash:
+                    self.crash.hit("after_call", name)
+                # recorded before the call's event goes out, so a watcher sees the step as logged
+                self._record(step, outcome)
+                retry = outcome.kind in (OutcomeKind.TRANSIENT, OutcomeKind.UNKNOWN) and step.attempts < budget
+                if not retry:
+                    if step.status is StepStatus.STARTED:
+                        step.status = StepStatus.FAILED
+                    step.finished_at = self.clock.now()
             self._pending[trip.trip_id].append(step_write(trip, step))
             if self.crash:
                 self.crash.hit("after_outcome", name)

@@ -11,6 +11,7 @@ from coordinator.service import TripService
 from coordinator.trip import TripState
 from coordinator.views import trip_to_proto
 from coordinator.watch import TripWatcher
+from coordinator.watch_hub import WatchHub
 from coordinator.watch_views import watch_item_to_proto
 from services.kit.errors import InvalidRequestError
 from tripmesh.v1 import common_pb2 as common_pb
@@ -25,7 +26,9 @@ REPLY_MARGIN_SECONDS = 0.05
 class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
     def __init__(self, service: TripService) -> None:
         self.service = service
-        self.watcher = TripWatcher(service.engine.events, service.get, service.engine.live)
+        self.watch_hub = WatchHub()
+        service.engine.events.add(self.watch_hub)
+        self.watcher = TripWatcher(self.watch_hub, service.get, service.engine.live)
 
     async def BookTrip(
         self, request: trip_pb.BookTripRequest, context: grpc.aio.ServicerContext

@@ -1,12 +1,13 @@
 """Following one trip as it runs (WatchTrip): a snapshot, then each step event and state change.
 
-Two sources, one stream. A trip this process drives publishes events (coordinator/events.py) to a
-bounded queue the watcher reads; a trip driven by another replica (or by nobody: parked in
-NEEDS_ATTENTION) is read back from the step log every `poll_interval` seconds and what changed since
-the last message is sent. The watcher subscribes before it reads the snapshot, so nothing that happens
-after the snapshot is missed; what was queued before it is older than the snapshot and is skipped (a
-step's events only ever move forward: a higher attempt, or the same attempt's outcome after its
-intent). A watcher that falls behind (its queue overflowed) re-reads the trip and sends a new snapshot.
+Two sources, one stream. A trip this process drives publishes events (coordinator/events.py, through
+coordinator/watch_hub.py) to a bounded queue the watcher reads; a trip driven by another replica (or by
+nobody: parked in NEEDS_ATTENTION) is read back from the step log every `poll_interval` seconds and what
+changed since the last message is sent. The watcher subscribes before it reads the snapshot, so nothing
+that happens after the snapshot is missed; what was queued before it is older than the snapshot and is
+skipped (a step's events only ever move forward: a higher attempt, or the same attempt's outcome after
+its intent). A watcher that falls behind (its queue overflowed) re-reads the trip and sends a new
+snapshot.
 
 No proto here: the servicer turns these items into WatchTripResponse messages.
 """
@@ -19,8 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from coordinator.events import EventBus, StepEvent, StepPhase, TripEvent
 from coordinator.trip import Step, StepStatus, Trip, TripState
+from coordinator.watch_hub import Change, StateChange, StepChange, WatchHub
 
 # NEEDS_ATTENTION is not among them: an operator's RetryTrip sends such a trip on.
 FINISHED_STATES = frozenset({TripState.CONFIRMED, TripState.CANCELLED})
@@ -55,11 +56,11 @@ def copy_trip(trip: Trip) -> Trip:
     return replace(trip, steps={name: replace(step) for name, step in trip.steps.items()})
 
 
-def _progress(step: Step, phase: StepPhase | None) -> tuple[int, int]:
+def _progress(step: Step, answered: bool) -> tuple[int, int]:
     """How far a step has got: (attempt, 0 sent / 1 answered, resent next / 2 finished)."""
     if step.finished_at is not None or step.status is not StepStatus.STARTED:
         return step.attempts, 2
-    return step.attempts, 1 if phase is StepPhase.OUTCOME else 0
+    return step.attempts, 1 if answered else 0
 
 
 class TripView:
@@ -68,20 +69,21 @@ class TripView:
     def __init__(self, trip: Trip) -> None:
         self.state = trip.state
         self.steps: dict[str, Step] = {name: replace(step) for name, step in trip.steps.items()}
-        self.progress = {name: _progress(step, None) for name, step in trip.steps.items()}
+        self.progress = {name: _progress(step, False) for name, step in trip.steps.items()}
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
 
-    def on_event(self, event: StepEvent | TripEvent) -> list[WatchItem]:
-        if isinstance(event, TripEvent):
+    def on_event(self, event: Change) -> list[WatchItem]:
+        if isinstance(event, StateChange):
             if event.previous is not self.state or event.state is self.state:
                 return []  # older than what was sent (queued before the snapshot)
             self.state = event.state
             return [StateUpdate(event.previous, event.state, event.reason, event.at)]
+        assert isinstance(event, StepChange)
         step = event.step
-        progress = _progress(step, event.phase)
+        progress = _progress(step, event.answered)
         if step.name in self.progress and progress <= self.progress[step.name]:
             return []
         self.steps[step.name], self.progress[step.name] = step, progress
@@ -99,7 +101,7 @@ class TripView:
             known = self.steps.get(step.name)
             if known == step:
                 continue
-            self.steps[step.name], self.progress[step.name] = replace(step), _progress(step, None)
+            self.steps[step.name], self.progress[step.name] = replace(step), _progress(step, False)
             items.append(StepUpdate(replace(step), trip.state, "", trip.updated_at))
         if trip.state is not self.state:
             items.append(StateUpdate(self.state, trip.state, trip.failure_reason, trip.updated_at))
@@ -110,7 +112,7 @@ class TripView:
 class TripWatcher:
     def __init__(
         self,
-        events: EventBus,
+        hub: WatchHub,
         read: Callable[[str], Awaitable[Trip]],
         driving: Callable[[str], Trip | None],
         *,
@@ -118,7 +120,7 @@ class TripWatcher:
     ) -> None:
         """read(trip_id): the trip from the step log (raises TripNotFoundError); driving(trip_id): the
         engine's live trip if this process drives it, else None."""
-        self.events = events
+        self.hub = hub
         self._read = read
         self._driving = driving
         self.poll_interval = poll_interval
@@ -128,12 +130,12 @@ class TripWatcher:
         return copy_trip(live) if live is not None else await self._read(trip_id)
 
     async def watch(self, trip_id: str) -> AsyncIterator[WatchItem]:
-        with self.events.subscribe(trip_id) as subscription:
+        with self.hub.subscribe(trip_id) as subscription:
             trip = await self._current(trip_id)
             view = TripView(trip)
             yield Snapshot(trip)
             while not view.finished:
-                event: StepEvent | TripEvent | None = None
+                event: Change | None = None
                 with contextlib.suppress(TimeoutError):
                     event = await asyncio.wait_for(subscription.queue.get(), self.poll_interval)
                 if subscription.overflowed:

@@ -17,11 +17,11 @@ import grpc
 import pytest
 
 from coordinator.engine import RetryPolicy
-from coordinator.events import EventBus
 from coordinator.models import metadata
 from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
 from coordinator.trip import FlightPart, Step, StepStatus, Trip, TripRequest, TripState
 from coordinator.watch import Snapshot, StateUpdate, StepUpdate, TripWatcher
+from coordinator.watch_hub import WatchHub
 from services.kit.db import create_schema, make_engine
 from services.kit.errors import TripNotFoundError
 from tests.contract.test_trip_coordinator import booking
@@ -200,7 +200,7 @@ async def test_a_trip_driven_by_another_process_is_followed_through_the_step_log
             raise TripNotFoundError(trip_id)
         return found
 
-    watcher = TripWatcher(EventBus(), read, lambda _trip_id: None, poll_interval=0.02)  # driven by nobody here
+    watcher = TripWatcher(WatchHub(), read, lambda _trip_id: None, poll_interval=0.02)  # driven by nobody here
     received: asyncio.Queue[object] = asyncio.Queue()
 
     async def follow() -> None:

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from coordinator.launcher import PARTICIPANTS, Launcher, MeshPlan, mesh_plan, start_mesh
-from tests.support.processes import PORT_PREFIXES, REPO, free_ports, mesh_env
+from tests.support.processes import METRICS, PORT_PREFIXES, REPO, free_ports, mesh_env
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -88,6 +88,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("dashboard")
     env = mesh_env(dict(zip(PORT_PREFIXES, free_ports(len(PORT_PREFIXES)), strict=True)))
     env["TRIPMESH_LOG_LEVEL"] = "warning"
+    env.update({f"TRIPMESH_{PORT_PREFIXES[name]}_METRICS_PORT": "0" for name in METRICS})  # not this test's
     plan = mesh_plan(env, var_dir=str(work / "var"), dashboard=True)
     hotel_faults = [
         {"method": "Cancel", "match": "stuck", "code": "UNAVAILABLE"},
