@@ -189,10 +189,10 @@ async def test_a_trip_driven_by_another_process_is_followed_through_the_step_log
     t0 = datetime(2027, 3, 1, tzinfo=UTC)
     request = TripRequest("remote-1", "cust-ada", "ada@example.com", "", FlightPart("TM101-20270315", "", 1, 1),
                           None, "pm_ada_visa", "EUR")  # fmt: skip
-    trip = Trip(request, TripState.RESERVING, t0, t0, t0 + timedelta(minutes=5), 1)
+    trip = Trip(request, TripState.RESERVING, t0, t0, t0 + timedelta(minutes=5), 1, fence=1)
     step = Step("flight.reserve", 1, StepStatus.STARTED, 1, t0)
     trip.steps[step.name] = step
-    assert await store.flush([new_trip(trip), step_write(trip.trip_id, step)])
+    assert await store.flush([new_trip(trip), step_write(trip, step)])
 
     async def read(trip_id: str) -> Trip:
         found = await store.load(trip_id)
@@ -216,7 +216,7 @@ async def test_a_trip_driven_by_another_process_is_followed_through_the_step_log
         # the other replica writes the outcome, then the trip moves on: both are seen, in that order
         step.status, step.finished_at = StepStatus.SUCCEEDED, t0 + timedelta(milliseconds=40)
         trip.state, trip.updated_at = TripState.CONFIRMING, t0 + timedelta(milliseconds=50)
-        assert await store.flush([step_write(trip.trip_id, step), state_write(trip)])
+        assert await store.flush([step_write(trip, step), state_write(trip)])
         update, moved = await asyncio.wait_for(received.get(), 2), await asyncio.wait_for(received.get(), 2)
         assert isinstance(update, StepUpdate) and update.step.status is StepStatus.SUCCEEDED
         assert update.step.finished_at == step.finished_at
