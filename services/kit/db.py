@@ -1,7 +1,11 @@
 """Database plumbing shared by every process: engines, metadata conventions, column types, retries.
 
-SQLite (the embedded default) gets WAL, a busy timeout and a single pooled connection per process, so
-transactions of one process are serialised in the pool instead of fighting over the file lock.
+Every database is a SQLAlchemy URL. SQLite (the embedded default) gets WAL, a busy timeout and a
+single pooled connection per process, so transactions of one process are serialised in the pool
+instead of fighting over the file lock. PostgreSQL gets a real pool whose connections are pinged
+before use, so a restarted server costs a reconnect, not a failed call. A URL without a driver
+(`postgresql://`, `sqlite:///`) is given the ones tripmesh uses: asyncpg / aiosqlite for the
+AsyncEngine, psycopg / pysqlite for the participants' worker threads.
 
 Two ways in. `make_engine` gives the AsyncEngine the coordinator, the catalogue queries and the tests
 use. `Database` is the participants' hot path: a synchronous engine behind its own worker thread(s),
@@ -23,7 +27,7 @@ from typing import Annotated, Any, TypeVar
 
 from sqlalchemy import BigInteger, DateTime, MetaData, String, create_engine, event
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -68,13 +72,32 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+POSTGRES_POOL_SIZE = 10
+
+
+def database_url(url: str | URL) -> URL:
+    """The URL with the async driver tripmesh uses for its backend (`postgresql://` -> asyncpg)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
+    backend = parsed.get_backend_name()
+    if backend not in ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database {backend!r} in {parsed!r}: use sqlite or postgresql")
+    if parsed.get_driver_name() != ASYNC_DRIVERS[backend]:
+        parsed = parsed.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
+    return parsed
+
+
+def make_engine(url: str | URL, *, synchronous: str = "FULL", pool_size: int = POSTGRES_POOL_SIZE) -> AsyncEngine:
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        # READ COMMITTED (the default) is enough: every counter moves by a conditional UPDATE, which
+        # PostgreSQL re-checks against the newest row version once it holds the row lock.
+        return create_async_engine(
+            parsed, pool_size=pool_size, max_overflow=pool_size // 2, pool_timeout=30, pool_pre_ping=True
+        )
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+    engine = create_async_engine(parsed, pool_size=1, max_overflow=0, pool_timeout=60)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas(synchronous))
     return engine
 
@@ -83,9 +106,9 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
 _SYNC_DRIVERS = {"aiosqlite": "pysqlite", "asyncpg": "psycopg", "psycopg_async": "psycopg"}
 
 
-def sync_url(url: str) -> URL:
+def sync_url(url: str | URL) -> URL:
     """The same database as `url`, through the synchronous driver of its backend."""
-    parsed = make_url(url)
+    parsed = database_url(url)
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     return parsed.set(drivername=f"{backend}+{_SYNC_DRIVERS.get(driver, driver)}")
 
@@ -181,12 +204,31 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
 
 T = TypeVar("T")
 
-_RETRIABLE_MARKERS = ("database is locked", "deadlock detected", "could not serialize", "connection")
+# PostgreSQL SQLSTATEs worth a retry of the whole transaction: serialization failure, deadlock (the
+# server rolled us back), lock not available, the server shutting down or not accepting connections
+# yet, too many connections; and class 08, connection exceptions. Every other SQLSTATE (a constraint,
+# a syntax error, a missing table) is a bug or a refusal, and retrying cannot help.
+PG_RETRIABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
 
 
-def is_retriable(error: DBAPIError) -> bool:
-    text = str(error.orig).lower()
-    return isinstance(error, OperationalError) or any(m in text for m in _RETRIABLE_MARKERS)
+def sqlstate(error: DBAPIError) -> str | None:
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return str(code) if code else None
+
+
+def is_retriable(error: BaseException) -> bool:
+    """Is `error` one that the same transaction, run again, may well not meet?"""
+    if isinstance(error, OSError):
+        return True  # the server could not be reached (refused, reset) before any DBAPI error
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    code = sqlstate(error)
+    if code is not None:
+        return code in PG_RETRIABLE_SQLSTATES or code.startswith("08")
+    # SQLite ("database is locked", disk I/O) and driver-level connection errors carry no SQLSTATE.
+    return isinstance(error, OperationalError | InterfaceError)
 
 
 async def db_retry(work: Callable[[], Awaitable[T]], *, attempts: int = 4, first_delay: float = 0.02) -> T:
@@ -195,11 +237,12 @@ async def db_retry(work: Callable[[], Awaitable[T]], *, attempts: int = 4, first
     for attempt in range(1, attempts + 1):
         try:
             return await work()
-        except DBAPIError as error:
+        except (DBAPIError, OSError) as error:
             if not is_retriable(error):
                 raise
             if attempt == attempts:
-                raise TransientError(f"database unavailable: {error.orig}") from error
+                cause = error.orig if isinstance(error, DBAPIError) else error
+                raise TransientError(f"database unavailable: {cause}") from error
             await asyncio.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
