@@ -31,8 +31,12 @@ setup(
     package_data={
         "tripmesh": ["py.typed"],
         "tripmesh.v1": ["*.proto", "*.pyi"],
-        "services.flight": ["*.json"],
-        "services.hotel": ["*.json"],
+        # Alembic revisions are files, not packages: each database kind's migrations/versions/*.py.
+        "services.flight": ["*.json", "migrations/versions/*.py"],
+        "services.hotel": ["*.json", "migrations/versions/*.py"],
+        "services.payment": ["migrations/versions/*.py"],
+        "services.notify": ["migrations/versions/*.py"],
+        "coordinator": ["migrations/versions/*.py"],
     },
     cmdclass={"build_py": BuildWithStubs},
 )

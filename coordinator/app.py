@@ -12,7 +12,6 @@ from coordinator.crashpoints import CrashPoints
 from coordinator.engine import Engine
 from coordinator.events import TripEvents
 from coordinator.lease import LeaseKeeper, bound_stalled_transactions, default_replica_id
-from coordinator.models import metadata
 from coordinator.participants import Participants
 from coordinator.saga import TRIP_SAGA
 from coordinator.service import TripService
@@ -20,8 +19,9 @@ from coordinator.servicer import TripCoordinatorServicer
 from coordinator.settings import CoordinatorSettings
 from coordinator.steplog import StepLogStore
 from services.kit.clock import Clock, SystemClock
-from services.kit.db import create_schema, make_engine
+from services.kit.db import make_engine
 from services.kit.metrics import Metrics
+from services.kit.migrate import prepare
 from services.kit.server import BuiltServer, ServiceBinding, build_server
 from services.kit.tracing import Tracing
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
@@ -79,7 +79,11 @@ async def start_coordinator(
     clock = clock or SystemClock()
     db = make_engine(settings.service.database_url)
     bound_stalled_transactions(db, settings.lease.lease_seconds)
-    await create_schema(db, metadata)
+    try:
+        await prepare(db, "coordinator", migrate_on_start=settings.migrate)
+    except BaseException:
+        await db.dispose()
+        raise
     if settings.step_log not in ("on", "off"):
         raise ValueError(f"TRIPMESH_COORDINATOR_STEP_LOG must be 'on' or 'off', got {settings.step_log!r}")
     settings.lease.validate()

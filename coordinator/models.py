@@ -9,9 +9,11 @@ can check I8 from the database alone.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, String, Table, Text
 
+from coordinator.trip import StepStatus, TripState
 from services.kit.db import UTCDateTime, new_metadata
+from services.participant.models import one_of
 
 metadata = new_metadata()
 
@@ -31,6 +33,7 @@ trips = Table(
     Column("owner", String(128), nullable=False, default=""),
     Column("fence", BigInteger, nullable=False, default=0),
     Column("lease_expires_at", UTCDateTime(), nullable=True),
+    CheckConstraint(one_of("state", TripState), name="state_known"),
 )
 Index("ix_trips_state_created_at", trips.c.state, trips.c.created_at)
 Index("ix_trips_customer_id_created_at", trips.c.customer_id, trips.c.created_at)
@@ -54,6 +57,7 @@ steps = Table(
     Column("result", JSON, nullable=False),
     Column("fence", BigInteger, nullable=False, default=0),  # the token the last write of this row carried
     Column("owner", String(128), nullable=False, default=""),  # the replica that wrote it
+    CheckConstraint(one_of("status", StepStatus), name="status_known"),
 )
 
 trip_leases = Table(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from coordinator.engine import RetryPolicy
 from coordinator.lease import LeaseTiming
 from coordinator.participants import Addresses
-from services.kit.settings import DEFAULT_PORTS, ServiceSettings, env, env_float, env_int
+from services.kit.settings import DEFAULT_PORTS, ServiceSettings, env, env_bool, env_float, env_int
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class CoordinatorSettings:
     lease: LeaseTiming = field(default_factory=LeaseTiming)
     # New trips waiting for one of max_active_trips' slots; beyond it BookTrip answers RESOURCE_EXHAUSTED.
     max_pending_trips: int = 1024
+    migrate: bool = True  # upgrade the step log's schema on start (else only check it is current)
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -57,4 +58,5 @@ class CoordinatorSettings:
                 takeover_seconds=env_float(c, "takeover_scan_seconds", 0.0),
             ),
             max_pending_trips=env_int(c, "max_pending_trips", 1024),
+            migrate=env_bool(c, "migrate", True),
         )

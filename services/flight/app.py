@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.flight import models
-from services.flight.catalogue import seed_catalogue
 from services.flight.domain import FlightBooking
 from services.flight.inventory import FlightInventory
 from services.flight.servicer import FlightServicer
@@ -34,5 +33,4 @@ SPEC = ParticipantSpec(
     register=flight_grpc.add_FlightServiceServicer_to_server,
     make_domain=_make_inventory,
     make_servicer=_make_servicer,
-    seed=seed_catalogue,
 )

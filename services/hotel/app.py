@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.hotel import models
-from services.hotel.catalogue import seed_catalogue
 from services.hotel.domain import HotelBooking
 from services.hotel.inventory import HotelInventory
 from services.hotel.servicer import HotelServicer
@@ -34,5 +33,4 @@ SPEC = ParticipantSpec(
     register=hotel_grpc.add_HotelServiceServicer_to_server,
     make_domain=_make_inventory,
     make_servicer=_make_servicer,
-    seed=seed_catalogue,
 )

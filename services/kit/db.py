@@ -197,11 +197,6 @@ def _begin_immediate(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-
-
 T = TypeVar("T")
 
 # PostgreSQL SQLSTATEs worth a retry of the whole transaction: serialization failure, deadlock (the

@@ -16,6 +16,15 @@ def env_int(component: str, setting: str, default: int) -> int:
     return int(env(component, setting, str(default)))
 
 
+def env_bool(component: str, setting: str, default: bool) -> bool:
+    raw = env(component, setting, "on" if default else "off").strip().lower()
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"TRIPMESH_{component.upper()}_{setting.upper()} must be on or off, got {raw!r}")
+
+
 def env_float(component: str, setting: str, default: float) -> float:
     return float(env(component, setting, str(default)))
 

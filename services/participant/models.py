@@ -7,9 +7,12 @@ A service declares its table with `reservation_table(metadata)` next to its own 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Index, MetaData, String, Table
+from enum import StrEnum
+
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Column, Index, MetaData, String, Table
 
 from services.kit.db import UTCDateTime
+from services.participant.states import Status
 
 
 def reservation_table(metadata: MetaData) -> Table:
@@ -26,6 +29,12 @@ def reservation_table(metadata: MetaData) -> Table:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
         Column("tombstone", Boolean, nullable=False, default=False),
+        CheckConstraint(one_of("status", Status), name="status_known"),
     )
     Index("ix_reservations_status_expire_at", table.c.status, table.c.expire_at)
     return table
+
+
+def one_of(column: str, values: type[StrEnum]) -> str:
+    """A CHECK constraint's text: `column` holds one of the enum's values (migration 0002 writes it out)."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"

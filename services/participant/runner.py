@@ -1,4 +1,4 @@
-"""Start a participant service: database, schema, seed, store, server, sweeper; one function for all four.
+"""Start a participant service: database, migrations and seed, store, server, sweeper; one function for all four.
 
 `start_participant` is what tests call (port 0, temporary database); `run_participant` is each
 service's `__main__`: it does the same from the environment and serves until signalled.
@@ -13,15 +13,15 @@ from typing import Any
 
 import structlog
 from sqlalchemy import MetaData, Table
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit import logging as kit_logging
 from services.kit.clock import Clock, SystemClock
-from services.kit.db import Database, create_schema, make_engine
+from services.kit.db import Database, make_engine
 from services.kit.metrics import DbGauge, Metrics, MetricsSettings
+from services.kit.migrate import prepare
 from services.kit.server import BuiltServer, ServiceBinding, build_server, serve_until_signalled
-from services.kit.settings import ServiceSettings, env_float
+from services.kit.settings import ServiceSettings, env_bool, env_float
 from services.kit.tracing import Tracing
 from services.participant.domain import ParticipantDomain
 from services.participant.states import Status
@@ -42,7 +42,6 @@ class ParticipantSpec:
     register: Callable[[Any, Any], None]
     make_domain: Callable[[AsyncEngine, Clock], ParticipantDomain[Any]]
     make_servicer: Callable[[ReservationStore[Any], Any], Any]
-    seed: Callable[[Connection], None] | None = None
     background: Callable[[AsyncEngine, Clock], list[Coroutine[Any, Any, None]]] = field(
         default=lambda _engine, _clock: []
     )
@@ -102,14 +101,19 @@ async def start_participant(
     sweep_seconds: float | None = 1.0,
     metrics: Metrics | None = None,
     tracing: Tracing | None = None,
+    migrate: bool = True,
 ) -> RunningParticipant:
     """`metrics` (served or not, the caller's choice) gets the gRPC and holds metrics; `tracing` the spans."""
     clock = clock or SystemClock()
     engine = make_engine(database_url)
-    await create_schema(engine, spec.metadata)
+    try:
+        # Alembic upgrade and seed (services/kit/migrate.py), or with migrate=False a check that the
+        # database is at this code's head revision.
+        await prepare(engine, spec.component, migrate_on_start=migrate)
+    except BaseException:
+        await engine.dispose()
+        raise
     db = Database(database_url)
-    if spec.seed is not None:
-        await db.transaction(spec.seed)
     domain = spec.make_domain(engine, clock)
     store: ReservationStore[Any] = ReservationStore(db, spec.reservations, domain, clock, hold_seconds)
     servicer = spec.make_servicer(store, domain)
@@ -147,6 +151,7 @@ async def _serve(spec: ParticipantSpec) -> None:
         address=f"{settings.host}:{settings.port}",
         hold_seconds=env_float(spec.component, "hold_seconds", 900.0),
         sweep_seconds=env_float(spec.component, "sweep_seconds", 1.0),
+        migrate=env_bool(spec.component, "migrate", True),
         metrics=metrics,
         tracing=tracing,
     )

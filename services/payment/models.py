@@ -59,7 +59,8 @@ ledger = Table(
     "ledger",
     metadata,
     Column("entry_id", Integer, primary_key=True, autoincrement=True),
-    Column("reservation_id", String(128), nullable=False, index=True),
+    # Looked up through uq_ledger_reservation_id_kind (reservation_id first); no index of its own.
+    Column("reservation_id", String(128), nullable=False),
     Column("payment_method_id", ForeignKey("payment_methods.payment_method_id"), nullable=False),
     # AUTHORIZE, CAPTURE, VOID, REFUND or EXPIRE (see domain.LedgerKind).
     Column("kind", String(16), nullable=False),

@@ -15,7 +15,6 @@ from services.participant.servicer import ParticipantServicer
 from services.participant.store import ReservationStore
 from services.payment import models
 from services.payment.domain import PaymentDetails, PaymentDomain, PaymentMethodView, validate_payment
-from services.payment.seed import seed
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import payment_service_pb2 as payment_pb
 from tripmesh.v1 import payment_service_pb2_grpc as payment_grpc
@@ -87,5 +86,4 @@ SPEC = ParticipantSpec(
     register=payment_grpc.add_PaymentServiceServicer_to_server,
     make_domain=_make_domain,
     make_servicer=_make_servicer,
-    seed=seed,
 )

@@ -259,6 +259,11 @@ def test_pip_install_ships_the_generated_stubs(tmp_path: Path) -> None:
             path = shipped / (proto.stem + suffix)
             assert path.is_file(), f"{path.name} is not in the installed package"
     assert (target / "tripmesh" / "py.typed").is_file()
+    for package in ("services/flight", "services/hotel", "services/payment", "services/notify", "coordinator"):
+        versions = Path(package, "migrations", "versions")
+        wanted = sorted(p.name for p in (REPO / versions).glob("*.py"))
+        assert wanted[:1] == ["0001_initial.py"], wanted
+        assert sorted(p.name for p in (target / versions).glob("*.py")) == wanted, f"{versions} is not installed"
 
     modules = [f"tripmesh.v1.{p.stem}{s}" for p in PROTO_FILES for s in ("_pb2", "_pb2_grpc")]
     modules += ["services.kit.healthcheck", "coordinator.cli", "coordinator.launcher"]
