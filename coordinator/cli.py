@@ -9,6 +9,7 @@
     tripmesh trips [--state needs-attention]     ListTrips (trips waiting for an operator, with why)
     tripmesh retry TRIP_ID                       RetryTrip: send a NEEDS_ATTENTION trip on again
     tripmesh audit [--var-dir var]               check invariants I1-I6 on a mesh's databases (read-only)
+    tripmesh migrate [--component C] [--url URL] upgrade the databases' schemas (Alembic) and seed them
     tripmesh demo [--trips 48] [--seed N]        a mixed, fault-injected run on a mesh of its own
 
 Process management lives in coordinator/launcher.py, the audit in coordinator/audit.py, the demo's
@@ -32,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
+from alembic.util import CommandError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
@@ -52,6 +54,7 @@ from coordinator.launcher import (
     start_mesh,
 )
 from services.kit.healthcheck import connect_address
+from services.kit.migrate import KINDS, migrate_databases
 from services.kit.tls import client_tls, sync_channel
 from services.kit.tracing import otlp_endpoint
 from tripmesh.v1 import common_pb2 as common_pb
@@ -386,6 +389,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# --- tripmesh migrate -------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Every database of the mesh (or --component's, or --url) to its head revision, seeded."""
+    if args.url and not args.component:
+        raise CliError("tripmesh migrate: --url needs --component (which kind of database it is)")
+    databases = _databases(args.var_dir)
+    if args.component:
+        if args.component not in databases:
+            raise CliError(f"tripmesh migrate: no component {args.component!r}; one of {', '.join(databases)}")
+        databases = {args.component: args.url or databases[args.component]}
+    try:
+        done = asyncio.run(migrate_databases(databases, target=args.revision))
+    except (SQLAlchemyError, OSError, CommandError) as error:
+        raise CliError(f"tripmesh migrate: {error}") from error
+    for result, url in done:
+        what = f"{result.before or 'empty'} -> {result.after}"
+        if not result.changed:
+            what = f"at {result.after}, nothing to do"
+        print(f"{result.component:<12} {what}   ({make_url(url).render_as_string(hide_password=True)})")
+    return 0
+
+
 # --- tripmesh demo ----------------------------------------------------------------------------------
 
 
@@ -581,6 +608,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--var-dir", default=_default_var_dir(), help="the mesh's var dir (default $TRIPMESH_VAR_DIR or var)"
     )
     audit.set_defaults(handler=cmd_audit)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade every database's schema to this version's head revision (Alembic) and seed it",
+        description="Each database is found as `tripmesh up` finds it (TRIPMESH_<C>_DATABASE_URL, else "
+        "<var-dir>/<component>.db); a PostgreSQL database that does not exist is created. Services do "
+        "the same on start unless TRIPMESH_<C>_MIGRATE=off. Running it again changes nothing.",
+    )
+    migrate.add_argument("--component", choices=list(KINDS), help="only this database")
+    migrate.add_argument("--url", default="", help="the database's SQLAlchemy URL (with --component)")
+    migrate.add_argument("--revision", default="head", help="upgrade to this revision (default head)")
+    migrate.add_argument(
+        "--var-dir", default=_default_var_dir(), help="the mesh's var dir (default $TRIPMESH_VAR_DIR or var)"
+    )
+    migrate.set_defaults(handler=cmd_migrate)
 
     demo_cmd = commands.add_parser(
         "demo",

@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from services.kit.db import database_url, sqlstate
+from services.kit.db import database_url, make_engine, sqlstate
 
 VERSION_TABLE = "alembic_version"
 
@@ -240,3 +240,18 @@ def _identifier(name: str) -> str:
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"database name {name!r}: letters, digits, _ and - only")
     return name
+
+
+async def migrate_databases(databases: dict[str, str], *, target: str = "head") -> list[tuple[Migrated, str]]:
+    """`tripmesh migrate`: each {component: URL or SQLite path} created if missing, migrated and seeded."""
+    done = []
+    for component, data in databases.items():
+        url = data if "://" in data else f"sqlite+aiosqlite:///{data}"
+        kind(component)
+        await ensure_database(url)
+        engine = make_engine(url)
+        try:
+            done.append((await migrate(engine, component, target=target), database_url(url).render_as_string()))
+        finally:
+            await engine.dispose()
+    return done
