@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import grpc
@@ -19,13 +18,14 @@ from services.kit.clock import FakeClock
 from services.kit.status import error_info
 from services.participant.runner import RunningParticipant, start_participant
 from tests.support.cases.flight import CASE, reserve
+from tests.support.databases import Databases
 from tests.support.participant_case import BadInput
 from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import flight_service_pb2_grpc as flight_grpc
 
-pytestmark = pytest.mark.contract
+pytestmark = [pytest.mark.contract, pytest.mark.postgresql]
 
 MARCH_15 = common_pb.Date(year=2027, month=3, day=15)
 
@@ -38,10 +38,10 @@ class Flight:
 
 
 @pytest.fixture
-async def flight(tmp_path: Path) -> AsyncIterator[Flight]:
+async def flight(databases: Databases) -> AsyncIterator[Flight]:
     clock = FakeClock()
     running = await start_participant(
-        SPEC, database_url=f"sqlite+aiosqlite:///{tmp_path}/flight.db", clock=clock, hold_seconds=60, sweep_seconds=None
+        SPEC, database_url=databases.url("flight"), clock=clock, hold_seconds=60, sweep_seconds=None
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = cast("flight_grpc.FlightServiceAsyncStub", flight_grpc.FlightServiceStub(channel))

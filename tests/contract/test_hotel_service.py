@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import grpc
@@ -19,13 +18,14 @@ from services.kit.clock import FakeClock
 from services.kit.status import error_info
 from services.participant.runner import RunningParticipant, start_participant
 from tests.support.cases.hotel import CASE, day, reserve
+from tests.support.databases import Databases
 from tests.support.participant_case import BadInput
 from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
 from tripmesh.v1 import hotel_service_pb2_grpc as hotel_grpc
 
-pytestmark = pytest.mark.contract
+pytestmark = [pytest.mark.contract, pytest.mark.postgresql]
 
 STANDARD, DELUXE, SUITE = hotel_pb.ROOM_TYPE_STANDARD, hotel_pb.ROOM_TYPE_DELUXE, hotel_pb.ROOM_TYPE_SUITE
 
@@ -38,10 +38,10 @@ class Hotel:
 
 
 @pytest.fixture
-async def hotel(tmp_path: Path) -> AsyncIterator[Hotel]:
+async def hotel(databases: Databases) -> AsyncIterator[Hotel]:
     clock = FakeClock()
     running = await start_participant(
-        SPEC, database_url=f"sqlite+aiosqlite:///{tmp_path}/hotel.db", clock=clock, hold_seconds=60, sweep_seconds=None
+        SPEC, database_url=databases.url("hotel"), clock=clock, hold_seconds=60, sweep_seconds=None
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = cast("hotel_grpc.HotelServiceAsyncStub", hotel_grpc.HotelServiceStub(channel))

@@ -26,11 +26,12 @@ from services.notify.servicer import SPEC
 from services.notify.smtp_sink import RunningSink, start_sink
 from services.participant.runner import RunningParticipant, start_participant
 from tests.support.cases.notify import check_conservation, message
+from tests.support.databases import Databases
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import notification_service_pb2 as notify_pb
 from tripmesh.v1 import notification_service_pb2_grpc as notify_grpc
 
-pytestmark = pytest.mark.contract
+pytestmark = [pytest.mark.contract, pytest.mark.postgresql]
 
 DEADLINE_SECONDS = 10.0
 
@@ -96,11 +97,11 @@ def outbox_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
 
 @pytest.fixture
-async def start_notify(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Notify]]]:
+async def start_notify(tmp_path: Path, databases: Databases) -> AsyncIterator[Callable[[], Awaitable[Notify]]]:
     started: list[tuple[RunningParticipant, grpc.aio.Channel]] = []
 
     async def start() -> Notify:
-        running = await start_participant(SPEC, database_url=f"sqlite+aiosqlite:///{tmp_path}/n.db")
+        running = await start_participant(SPEC, database_url=databases.url("notify"))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         started.append((running, channel))
         stub = notify_grpc.NotificationServiceStub(channel)

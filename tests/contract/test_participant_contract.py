@@ -32,6 +32,7 @@ from sqlalchemy import Table, func, select
 from services.kit.clock import FakeClock
 from services.kit.interceptors import TRIP_ID_METADATA
 from services.participant.runner import RunningParticipant, start_participant
+from tests.support.databases import Databases
 from tests.support.participant_case import ParticipantCase
 from tripmesh.v1 import common_pb2 as common_pb
 
@@ -155,7 +156,7 @@ def case_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def launch(case_name: str, tmp_path: Any) -> AsyncIterator[Launch]:
+async def launch(case_name: str, databases: Databases) -> AsyncIterator[Launch]:
     """Starts the case's service (inside the test, so a missing case fails the test); stops it after."""
     started: list[Service] = []
 
@@ -169,7 +170,7 @@ async def launch(case_name: str, tmp_path: Any) -> AsyncIterator[Launch]:
         spec = case.spec if background else replace(case.spec, background=lambda _engine, _clock: [])
         running = await start_participant(
             spec,
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/{case.name}.db",
+            database_url=databases.url(case.name),
             clock=clock,
             hold_seconds=hold_seconds,
             sweep_seconds=sweep_seconds,
@@ -284,6 +285,7 @@ async def test_p1_reserve_twice_returns_the_same_reservation(launch: Launch) -> 
     await service.assert_conserved()
 
 
+@pytest.mark.postgresql
 async def test_p1_concurrent_first_reserves_of_one_id_hold_once(launch: Launch) -> None:
     service = await launch()
     outcomes = await gather_outcomes([service.reserve("trip-p1c/x") for _ in range(8)])
@@ -318,6 +320,7 @@ async def test_p1_other_details_are_a_valid_reservation_of_their_own(launch: Lau
 # --- P2 idempotent confirm / cancel ------------------------------------------------------------------
 
 
+@pytest.mark.postgresql
 async def test_p2_confirm_twice_then_cancel_twice(launch: Launch) -> None:
     service = await launch()
     await service.reserve("trip-p2/x")
@@ -363,6 +366,7 @@ async def test_p2_cancel_a_hold_twice(launch: Launch) -> None:
     await service.assert_conserved()
 
 
+@pytest.mark.postgresql
 async def test_p2_racing_confirm_and_cancel_end_cancelled(launch: Launch) -> None:
     service = await launch()
     await service.reserve("trip-p2r/x")
@@ -380,6 +384,7 @@ async def test_p2_racing_confirm_and_cancel_end_cancelled(launch: Launch) -> Non
 # --- P3 empty cancel ---------------------------------------------------------------------------------
 
 
+@pytest.mark.postgresql
 async def test_p3_cancel_of_an_unknown_id_records_a_tombstone(launch: Launch) -> None:
     service = await launch()
     domain_before = await service.snapshot(domain_only=True)
@@ -422,6 +427,7 @@ async def test_p4_reserve_after_cancel_is_aborted(launch: Launch) -> None:
     await service.assert_conserved()
 
 
+@pytest.mark.postgresql
 async def test_p4_late_reserve_after_a_tombstone_is_aborted(launch: Launch) -> None:
     service = await launch()
     await service.cancel("trip-p4t/x")
@@ -440,6 +446,7 @@ async def test_p4_late_reserve_after_a_tombstone_is_aborted(launch: Launch) -> N
 # --- P5 expiry ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.postgresql
 async def test_p5_sweeper_expires_holds_and_gives_capacity_back(launch: Launch) -> None:
     service = await launch(hold_seconds=HOLD_SECONDS)
     start = service.clock.now()
@@ -532,6 +539,7 @@ async def test_p5_a_hold_confirmed_in_time_never_expires(launch: Launch) -> None
     await service.assert_conserved()
 
 
+@pytest.mark.postgresql
 async def test_p5_background_sweeper_expires_on_its_own(launch: Launch) -> None:
     service = await launch(hold_seconds=HOLD_SECONDS, sweep_seconds=0.02)
     await service.reserve("trip-p5b/x")
@@ -558,6 +566,7 @@ async def reserve_concurrently(service: Service, prefix: str, count: int) -> tup
     return won, refusals
 
 
+@pytest.mark.postgresql
 async def test_p6_concurrent_reserves_never_oversell(launch: Launch) -> None:
     service = await launch()
     capacity = service.case.scarce_capacity
@@ -625,6 +634,7 @@ async def test_p7_empty_reservation_id_is_invalid_everywhere(launch: Launch) -> 
 # --- P8 business refusal -----------------------------------------------------------------------------
 
 
+@pytest.mark.postgresql
 async def test_p8_business_refusals_carry_a_reason_and_hold_nothing(launch: Launch) -> None:
     service = await launch()
     if not service.case.refusals:
@@ -670,6 +680,7 @@ async def test_confirm_after_cancel_or_tombstone_is_refused(launch: Launch) -> N
     await service.assert_conserved()
 
 
+@pytest.mark.postgresql
 async def test_contract_holds_with_the_services_background_jobs_running(launch: Launch) -> None:
     """The other tests start the service without its own background jobs; here they run, as in production."""
     service = await launch(background=True, sweep_seconds=0.05)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,12 +20,13 @@ from services.participant.runner import RunningParticipant, start_participant
 from services.payment.models import ledger, payment_methods
 from services.payment.servicer import SPEC
 from tests.support.cases.payment import SCARCE_CAPACITY, authorise, check_conservation
+from tests.support.databases import Databases
 from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import payment_service_pb2 as payment_pb
 from tripmesh.v1 import payment_service_pb2_grpc as payment_grpc
 
-pytestmark = pytest.mark.contract
+pytestmark = [pytest.mark.contract, pytest.mark.postgresql]
 
 HOLD_SECONDS = 60.0
 
@@ -57,11 +57,11 @@ class Payment:
 
 
 @pytest.fixture
-async def payment(tmp_path: Path) -> AsyncIterator[Payment]:
+async def payment(databases: Databases) -> AsyncIterator[Payment]:
     clock = FakeClock()
     running = await start_participant(
         SPEC,
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/payment.db",
+        database_url=databases.url("payment"),
         clock=clock,
         hold_seconds=HOLD_SECONDS,
         sweep_seconds=None,
@@ -211,8 +211,8 @@ async def test_list_payment_methods_needs_a_customer(payment: Payment) -> None:
     assert field_violations(caught.value) == ["customer_id"]
 
 
-async def test_seed_runs_once(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/payment.db"
+async def test_seed_runs_once(databases: Databases) -> None:
+    url = databases.empty_url("payment")
     first = await start_participant(SPEC, database_url=url, sweep_seconds=None)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
         await payment_grpc.PaymentServiceStub(channel).Reserve(authorise("t1/payment", minor_units=1000))

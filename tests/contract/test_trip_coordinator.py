@@ -16,6 +16,7 @@ import grpc
 import pytest
 from sqlalchemy import text
 
+from tests.support.databases import Databases
 from tests.support.mesh import Mesh, start_mesh
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.contract
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Mesh]:
-    running = await start_mesh(tmp_path, monkeypatch)
+async def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases) -> AsyncIterator[Mesh]:
+    running = await start_mesh(tmp_path, monkeypatch, databases=databases)
     try:
         yield running
         assert await running.invariants() == []
@@ -84,6 +85,7 @@ async def wait_for_mail(directory: Path, trip_id: str, seconds: float = 10.0) ->
     raise AssertionError(f"no e-mail for {trip_id} in {directory}")
 
 
+@pytest.mark.postgresql
 async def test_a_trip_is_confirmed_with_every_step_and_the_email_is_sent(mesh: Mesh) -> None:
     request = booking()
     response = await mesh.stub.BookTrip(request, timeout=30)
@@ -133,6 +135,7 @@ async def test_book_trip_is_idempotent_on_the_trip_id(mesh: Mesh) -> None:
     assert request.trip_id in (refused.value.details() or "")
 
 
+@pytest.mark.postgresql
 async def test_concurrent_duplicate_bookings_make_one_trip(mesh: Mesh) -> None:
     request = booking()
     results = await asyncio.gather(*(mesh.stub.BookTrip(request, timeout=30) for _ in range(5)))
@@ -142,6 +145,7 @@ async def test_concurrent_duplicate_bookings_make_one_trip(mesh: Mesh) -> None:
     assert all(s.attempts == 1 for s in final.steps)
 
 
+@pytest.mark.postgresql
 async def test_a_sold_out_flight_cancels_the_hotel_and_charges_nothing(mesh: Mesh) -> None:
     request = booking(
         flight__outbound_flight_id="TM401-20270316",
@@ -161,6 +165,7 @@ async def test_a_sold_out_flight_cancels_the_hotel_and_charges_nothing(mesh: Mes
     assert [r.status for r in trip.reservations] == [common_pb.RESERVATION_STATUS_CANCELLED]
 
 
+@pytest.mark.postgresql
 @pytest.mark.parametrize(
     ("payment_method_id", "customer_id", "reason"),
     [("pm_ada_declined", "cust-ada", "CARD_DECLINED"), ("pm_bob_mc", "cust-bob", "INSUFFICIENT_FUNDS")],
@@ -236,6 +241,7 @@ async def test_get_trip_errors(mesh: Mesh) -> None:
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.postgresql
 async def test_list_trips_filters_by_state_and_pages(mesh: Mesh) -> None:
     confirmed = [booking() for _ in range(3)]
     declined = booking(payment_method_id="pm_ada_declined")

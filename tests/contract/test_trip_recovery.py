@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from coordinator.engine import RetryPolicy
 from tests.contract.test_trip_coordinator import booking
+from tests.support.databases import Databases
 from tests.support.mesh import Mesh, start_mesh
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
@@ -37,12 +38,13 @@ async def statuses(mesh: Mesh, participant: str, trip_id: str) -> str | None:
     return None if row is None else str(row.status)
 
 
+@pytest.mark.postgresql
 async def test_a_compensation_past_its_budget_waits_for_an_operator_then_retries(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases
 ) -> None:
     # the hotel cannot cancel anything of trips marked "stuck" (think: its database is down)
     faults(monkeypatch, "hotel", {"method": "Cancel", "match": "stuck", "code": "UNAVAILABLE"})
-    mesh = await start_mesh(tmp_path, monkeypatch)
+    mesh = await start_mesh(tmp_path, monkeypatch, databases=databases)
     try:
         request = booking("stuck-1", payment_method_id="pm_ada_declined")
         trip = (await mesh.stub.BookTrip(request, timeout=30)).trip
@@ -84,10 +86,10 @@ async def test_a_compensation_past_its_budget_waits_for_an_operator_then_retries
 
 
 async def test_a_participant_slower_than_the_deadline_is_treated_as_maybe_done_and_cancelled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases
 ) -> None:
     faults(monkeypatch, "hotel", {"method": "Reserve", "latency_ms": 400})
-    mesh = await start_mesh(tmp_path, monkeypatch, call_timeout=0.15)
+    mesh = await start_mesh(tmp_path, monkeypatch, call_timeout=0.15, databases=databases)
     try:
         trip = (await mesh.stub.BookTrip(booking("slow-1"), timeout=30)).trip
         assert trip.state == common_pb.TRIP_STATE_CANCELLED
@@ -104,13 +106,16 @@ async def test_a_participant_slower_than_the_deadline_is_treated_as_maybe_done_a
         await mesh.stop()
 
 
-async def test_a_lost_reply_is_resent_and_takes_effect_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_lost_reply_is_resent_and_takes_effect_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases
+) -> None:
     # payment authorises, then the reply is lost (the first time: a marker on this trip only, rate 1 would
     # lose every reply, so the rule is limited to the first attempt by an outage window)
     faults(monkeypatch, "payment", {"method": "Reserve", "match": "lost-1", "when": "after", "outage": [0, 3]})
     mesh = await start_mesh(
         tmp_path,
         monkeypatch,
+        databases=databases,
         policy=RetryPolicy(
             reserve_attempts=60, confirm_attempts=5, cancel_attempts=5, initial_backoff=0.05, max_backoff=0.1
         ),
@@ -133,12 +138,13 @@ async def test_a_lost_reply_is_resent_and_takes_effect_once(tmp_path: Path, monk
         await mesh.stop()
 
 
+@pytest.mark.postgresql
 async def test_a_hold_that_expires_before_its_confirm_is_compensated_cleanly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases
 ) -> None:
     # holds last 1 s; the payment authorisation takes 1.5 s, so flight and hotel expire before Confirm
     faults(monkeypatch, "payment", {"method": "Reserve", "latency_ms": 1500})
-    mesh = await start_mesh(tmp_path, monkeypatch, hold_seconds=1.0)
+    mesh = await start_mesh(tmp_path, monkeypatch, hold_seconds=1.0, databases=databases)
     try:
         trip = (await mesh.stub.BookTrip(booking("late-1"), timeout=30)).trip
         assert trip.state == common_pb.TRIP_STATE_CANCELLED

@@ -1,7 +1,8 @@
 """The whole mesh in one test process: four participants, an SMTP sink and the coordinator.
 
-Each piece is the real server on port 0 with its own SQLite file under the test's tmp dir; the
-coordinator reaches the participants over real gRPC on loopback.
+Each piece is the real server on port 0 with its own database (a SQLite file under the test's tmp
+dir, or a PostgreSQL database: tests/support/databases.py); the coordinator reaches the participants
+over real gRPC on loopback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.notify.servicer import SPEC as NOTIFY
 from services.notify.smtp_sink import RunningSink, start_sink
 from services.participant.runner import RunningParticipant, start_participant
 from services.payment.servicer import SPEC as PAYMENT
+from tests.support.databases import Databases
 from tests.support.invariants import check_invariants
 from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
 
@@ -89,9 +91,12 @@ async def start_mesh(
     call_timeout: float = 5.0,
     metrics: bool = False,
     tracing: Callable[[str], Tracing] | None = None,
+    databases: Databases | None = None,
 ) -> Mesh:
     """`metrics`: every component serves its own /metrics on a free port (`Mesh.metrics_ports`);
-    `tracing`: each component's Tracing, made by this factory from the component's name."""
+    `tracing`: each component's Tracing, made by this factory from the component's name;
+    `databases`: where the five databases are (default: SQLite files in tmp_path)."""
+    databases = databases or Databases("sqlite", tmp_path)
     ports: dict[str, int] = {}
     mail_dir = tmp_path / "mail"
     sink = await start_sink(port=0, directory=mail_dir)
@@ -101,7 +106,7 @@ async def start_mesh(
     participants = {
         name: await start_participant(
             spec,
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
+            database_url=databases.url(name),
             hold_seconds=hold_seconds,
             **_observed(name, metrics, tracing, ports),
         )
@@ -110,7 +115,7 @@ async def start_mesh(
     settings = CoordinatorSettings(
         service=dataclasses.replace(
             ServiceSettings.from_env("coordinator"),
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/coordinator.db",
+            database_url=databases.url("coordinator"),
         ),
         addresses=Addresses(**{name: f"127.0.0.1:{p.port}" for name, p in participants.items()}),
         call_timeout=call_timeout,
