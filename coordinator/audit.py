@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.flight.audit import check_conservation as flight_conservation
 from services.hotel.audit import check_conservation as hotel_conservation
+from services.kit.db import database_url
 from services.notify.audit import check_conservation as notify_conservation
 from services.payment.audit import check_conservation as payment_conservation
 
@@ -261,7 +263,7 @@ def readonly_url(data: str) -> str:
     else:
         url = make_url(data)
         if url.get_backend_name() != "sqlite":
-            return data
+            return database_url(url).render_as_string(hide_password=False)  # postgresql:// -> asyncpg
         if not url.database or url.database == ":memory:":
             raise AuditSourceError(f"{data}: an in-memory database cannot be audited from outside")
         path = Path(url.database)
@@ -276,12 +278,19 @@ def readonly_url(data: str) -> str:
 async def open_readonly(databases: Mapping[str, str]) -> AsyncIterator[dict[str, AsyncEngine]]:
     """Engines for {component: database (path or URL)}, read-only, disposed on the way out."""
     urls = {name: readonly_url(data) for name, data in databases.items()}
-    engines = {name: create_async_engine(url) for name, url in urls.items()}
+    engines = {name: create_async_engine(url, **_readonly_options(url)) for name, url in urls.items()}
     try:
         yield engines
     finally:
         for engine in engines.values():
             await engine.dispose()
+
+
+def _readonly_options(url: str) -> dict[str, Any]:
+    """PostgreSQL: every transaction of the audit's sessions is READ ONLY, so a bug cannot write."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return {"connect_args": {"server_settings": {"default_transaction_read_only": "on"}}}
+    return {}
 
 
 async def audit_databases(databases: Mapping[str, str]) -> AuditReport:
