@@ -2,7 +2,8 @@
 
 A test that uses `databases` (directly or through a fixture) runs on SQLite; marked
 `@pytest.mark.postgresql` (or a module's pytestmark) it runs once per backend, SQLite and PostgreSQL
-(tests/support/databases.py), with `[sqlite]` / `[postgresql]` in its id: `-k postgresql` picks those.
+(tests/support/databases.py), with `[sqlite]` / `[postgresql]` in its id (`-m postgresql -k "not sqlite"`
+runs only the PostgreSQL variants).
 Only the tests where the backend matters are marked (stores, concurrency, the contract of each
 service, the mesh's main path and recovery), which keeps the suite's wall time in bounds.
 """
