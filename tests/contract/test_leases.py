@@ -18,14 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import lease_problems
 from coordinator.engine import Engine, RetryPolicy
-from coordinator.models import metadata
 from coordinator.participants import Outcome, OutcomeKind
 from coordinator.saga import TRIP_SAGA
 from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
 from coordinator.trip import FlightPart, Step, StepStatus, Trip, TripRequest, TripState
 from coordinator.writer import StaleLeaseError
 from services.kit.clock import SystemClock
-from services.kit.db import create_schema, make_engine
+from services.kit.db import make_engine
+from services.kit.migrate import migrate
 from tests.support.pg_scratch import scratch_database
 
 pytestmark = pytest.mark.contract
@@ -35,13 +35,13 @@ pytestmark = pytest.mark.contract
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     if request.param == "sqlite":
         engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/coordinator.db")
-        await create_schema(engine, metadata)
+        await migrate(engine, "coordinator")
         yield engine
         await engine.dispose()
         return
     async with scratch_database() as url:
         engine = make_engine(url)
-        await create_schema(engine, metadata)
+        await migrate(engine, "coordinator")
         yield engine
         await engine.dispose()
 
