@@ -17,13 +17,13 @@ import grpc
 import pytest
 
 from coordinator.engine import RetryPolicy
-from coordinator.models import metadata
 from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
 from coordinator.trip import FlightPart, Step, StepStatus, Trip, TripRequest, TripState
 from coordinator.watch import Snapshot, StateUpdate, StepUpdate, TripWatcher
 from coordinator.watch_hub import WatchHub
-from services.kit.db import create_schema, make_engine
+from services.kit.db import make_engine
 from services.kit.errors import TripNotFoundError
+from services.kit.migrate import migrate
 from tests.contract.test_trip_coordinator import booking
 from tests.support.mesh import Mesh, start_mesh
 from tripmesh.v1 import common_pb2 as common_pb
@@ -184,7 +184,7 @@ async def test_a_stuck_trip_keeps_the_stream_open_and_a_retry_is_followed_to_can
 
 async def test_a_trip_driven_by_another_process_is_followed_through_the_step_log(tmp_path: Path) -> None:
     db = make_engine(f"sqlite+aiosqlite:///{tmp_path}/coordinator.db")
-    await create_schema(db, metadata)
+    await migrate(db, "coordinator")
     store = StepLogStore(db)
     t0 = datetime(2027, 3, 1, tzinfo=UTC)
     request = TripRequest("remote-1", "cust-ada", "ada@example.com", "", FlightPart("TM101-20270315", "", 1, 1),
