@@ -275,11 +275,16 @@ class StepLogStore:
         return await db_retry(work)
 
     async def load(self, trip_id: str) -> Trip | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(trips).where(trips.c.trip_id == trip_id))).first()
-            if row is None:
-                return None
-            step_rows = (await conn.execute(select(steps).where(steps.c.trip_id == trip_id))).all()
+        async def read() -> tuple[Row[Any] | None, list[Row[Any]]]:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(trips).where(trips.c.trip_id == trip_id))).first()
+                if row is None:
+                    return None, []
+                return row, list((await conn.execute(select(steps).where(steps.c.trip_id == trip_id))).all())
+
+        row, step_rows = await db_retry(read)  # a lost connection is retried, then TransientError
+        if row is None:
+            return None
         trip = _trip(row)
         for step_row in step_rows:
             step = _step(step_row)

@@ -3,6 +3,8 @@
 - binds `trip_id` (from the `tripmesh-trip-id` metadata the coordinator sends) and the method name to
   structlog's contextvars, so every line logged while serving the call carries them;
 - turns a raised TripmeshError into a rich status (code, message, ErrorInfo, BadRequest, RetryInfo);
+- turns a database error that may pass (a lost connection, a locked SQLite file, a serialization
+  failure past its retries) into UNAVAILABLE, which callers retry;
 - turns any other exception into INTERNAL with a generic message; the traceback goes only to the log.
 """
 
@@ -14,7 +16,8 @@ from typing import Any
 import grpc
 import structlog
 
-from services.kit.errors import TripmeshError
+from services.kit.db import is_retriable
+from services.kit.errors import TransientError, TripmeshError
 from services.kit.status import to_grpc_status
 
 TRIP_ID_METADATA = "tripmesh-trip-id"
@@ -66,9 +69,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._abort(context, error)
                 except grpc.aio.AbortError:
                     raise
-                except Exception:
-                    log.exception("rpc_internal_error")
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+                except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
+                    await self._unexpected(context, error)
 
         return wrapped
 
@@ -82,11 +84,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._abort(context, error)
                 except grpc.aio.AbortError:
                     raise
-                except Exception:
-                    log.exception("rpc_internal_error")
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+                except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
+                    await self._unexpected(context, error)
 
         return wrapped
+
+    async def _unexpected(self, context: grpc.aio.ServicerContext, error: Exception) -> None:
+        """A database that cannot be reached right now is UNAVAILABLE (retry), not a bug; the rest is INTERNAL."""
+        if is_retriable(error):
+            log.warning("rpc_database_unavailable", error=str(error).splitlines()[0][:300])
+            await self._abort(context, TransientError("the database is unavailable right now; nothing changed, retry"))
+        log.exception("rpc_internal_error")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: TripmeshError) -> None:
         status = to_grpc_status(error, self._domain)

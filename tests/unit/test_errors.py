@@ -15,6 +15,7 @@ import structlog
 from google.protobuf import wrappers_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.kit.errors import (
     FieldViolation,
@@ -181,6 +182,14 @@ def stream(behaviour: Callable[[Text, grpc.aio.ServicerContext], AsyncIterator[T
     )
 
 
+async def database_gone(request: Text, context: grpc.aio.ServicerContext) -> Text:
+    raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+async def database_broken(request: Text, context: grpc.aio.ServicerContext) -> Text:
+    raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: trips.trip_id"))
+
+
 def register(_servicer: Any, server: grpc.aio.Server) -> None:
     handlers = {
         "Echo": unary(echo),
@@ -188,6 +197,8 @@ def register(_servicer: Any, server: grpc.aio.Server) -> None:
         "Invalid": unary(invalid),
         "Transient": unary(transient),
         "Boom": unary(boom),
+        "DbGone": unary(database_gone),
+        "DbBroken": unary(database_broken),
         "Aborts": unary(aborts),
         "StreamSoldOut": stream(stream_then_sold_out),
         "StreamBoom": stream(stream_then_boom),
@@ -265,6 +276,16 @@ async def test_unexpected_exception_is_internal_and_generic(probe: grpc.aio.Chan
     [entry] = [e for e in logs if e["event"] == "rpc_internal_error"]
     assert entry["exc_info"] is True
     assert entry["log_level"] == "error"
+
+
+async def test_a_database_that_may_come_back_is_unavailable_not_internal(probe: grpc.aio.Channel) -> None:
+    with structlog.testing.capture_logs() as logs:
+        error = await failure(probe, "DbGone")
+    assert error.code() is grpc.StatusCode.UNAVAILABLE, error
+    assert "retry" in (error.details() or "") and "closed the connection" not in (error.details() or "")
+    assert [e["event"] for e in logs] == ["rpc_database_unavailable", "rpc_refused"]
+    # A broken constraint is a bug, not an outage: still INTERNAL.
+    assert (await failure(probe, "DbBroken")).code() is grpc.StatusCode.INTERNAL
 
 
 async def test_handler_abort_is_left_alone(probe: grpc.aio.Channel) -> None:
