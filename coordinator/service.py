@@ -86,8 +86,9 @@ class TripService:
             if claimed is None:
                 return await self._follow(trip.trip_id, seconds)
             self.engine.start(claimed)
+        driven = self.engine.live(trip.trip_id)  # the object the engine drives, updated in place
         await self.engine.wait(trip.trip_id, seconds)
-        return self.engine.live(trip.trip_id) or await self.get(trip.trip_id)
+        return self.engine.live(trip.trip_id) or driven or await self.get(trip.trip_id)
 
     async def _follow(self, trip_id: str, seconds: float, every: float = 0.1) -> Trip:
         """Read a trip another replica drives until it is terminal or `seconds` pass."""

@@ -264,3 +264,21 @@ async def test_list_trips_filters_by_state_and_pages(mesh: Mesh) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await mesh.stub.ListTrips(bad)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_with_the_step_log_off_a_trip_is_still_booked_and_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STEP_LOG=off is the benchmark's no-durability limit (b): it must book real trips, or every ratio
+    to it is meaningless. Nothing is written to the step log."""
+    running = await start_mesh(tmp_path, monkeypatch, step_log="off")
+    try:
+        stub = running.stub
+        trip = (await stub.BookTrip(booking(), timeout=30)).trip
+        assert trip.state == common_pb.TRIP_STATE_CONFIRMED, trip
+        refused = (await stub.BookTrip(booking(payment_method_id="pm_ada_declined"), timeout=30)).trip
+        assert refused.state == common_pb.TRIP_STATE_CANCELLED, refused
+        async with running.coordinator.db.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM trips"))).scalar() == 0
+    finally:
+        await running.stop()

@@ -92,6 +92,7 @@ async def start_mesh(
     metrics: bool = False,
     tracing: Callable[[str], Tracing] | None = None,
     databases: Databases | None = None,
+    step_log: str = "on",
 ) -> Mesh:
     """`metrics`: every component serves its own /metrics on a free port (`Mesh.metrics_ports`);
     `tracing`: each component's Tracing, made by this factory from the component's name;
@@ -122,6 +123,7 @@ async def start_mesh(
         trip_timeout=60.0,
         book_wait=30.0,
         policy=policy,
+        step_log=step_log,
     )
     coordinator = await start_coordinator(
         settings, address="127.0.0.1:0", **_observed("coordinator", metrics, tracing, ports)
