@@ -38,7 +38,7 @@ from tripmesh.v1 import common_pb2 as common_pb
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(60)]
 
-CASE_NAMES = ("flight", "hotel", "payment", "notify")
+CASE_NAMES = ("flight", "hotel", "payment", "notify", "car")
 CALL_TIMEOUT = 10.0
 MAX_CONCURRENT = 60  # P6 fires 3 x capacity concurrent Reserves, at most this many
 MAX_FILL = 30  # P5 fills a scarce resource to the brim only when its capacity is at most this

@@ -81,6 +81,7 @@ def upper_snake(name: str) -> str:
 
 def test_the_package_has_the_expected_protos() -> None:
     assert [p.name for p in PROTO_FILES] == [
+        "car_service.proto",
         "common.proto",
         "flight_service.proto",
         "hotel_service.proto",
