@@ -53,7 +53,7 @@ def plan(saga: SagaDefinition, trip: Trip, now: datetime) -> Plan:
 
 def _reserving(saga: SagaDefinition, trip: Trip, now: datetime) -> Plan:
     for group in saga.reserve_groups:
-        members = [p for p in group if trip.request.has_part(p)]
+        members = [p for p in group if saga.takes_part(p, trip.request)]
         unsettled = [f"{p}.reserve" for p in members if trip.status_of(f"{p}.reserve") not in _SETTLED]
         if unsettled:
             if now >= trip.deadline_at:

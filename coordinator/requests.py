@@ -38,7 +38,7 @@ def trip_total(saga: SagaDefinition, trip: Trip) -> Money | None:
     """The sum of the priced reserves, once every one of them has succeeded."""
     total = Money(0, trip.request.currency)
     for participant in saga.priced:
-        if not trip.request.has_part(participant):
+        if not saga.takes_part(participant, trip.request):
             continue
         price = trip.price_of(participant)
         if price is None:

@@ -1,34 +1,104 @@
 """The trip saga as data (ARCHITECTURE.md, the saga): which participants, in which groups, in what order.
 
-Reserve groups run one after another, the participants of a group in parallel; compensation cancels
-the groups in reverse. Confirm groups likewise, payment captured last so the customer is charged only
-when everything else is confirmed. Auxiliary participants (the notification) never cause a
-compensation: their failure is recorded and the trip goes on.
+Each participant's place is one `Part` declaration. Reserve groups run one after another, the
+participants of a group in parallel; compensation cancels the groups in reverse. Confirm groups
+likewise, payment captured last so the customer is charged only when everything else is confirmed.
+An optional part is skipped, in every phase, when the trip has no such part (`TripRequest.has_part`).
+Auxiliary participants (the notification) never cause a compensation: their failure is recorded and
+the trip goes on. The planner and the engine read only these declarations.
+
+Every definition has a version, recorded with each trip it starts (`trips.definition_version`): a
+coordinator drives a trip only with the definition it started under (`SAGAS`), and leaves alone a
+trip whose version it does not know (coordinator/lease.py, coordinator/service.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Protocol
+
+
+class HasParts(Protocol):
+    def has_part(self, participant: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """One participant's place in the saga."""
+
+    name: str
+    reserve_group: int  # reserve groups run in ascending order; a group's parts in parallel
+    confirm_group: int  # likewise for the confirms, after the commit decision
+    priced: bool = False  # its reserve's price is summed into the amount the payment authorises
+    optional: bool = False  # skipped when the trip has no such part
+    auxiliary: bool = False  # its failure never causes a compensation
+
+
+def _groups(parts: tuple[Part, ...], key: str) -> tuple[tuple[str, ...], ...]:
+    numbers = sorted({getattr(p, key) for p in parts})
+    return tuple(tuple(p.name for p in parts if getattr(p, key) == n) for n in numbers)
 
 
 @dataclass(frozen=True)
 class SagaDefinition:
+    name: str
     version: int
-    reserve_groups: tuple[tuple[str, ...], ...]
-    confirm_groups: tuple[tuple[str, ...], ...]
-    auxiliary: frozenset[str]
-    # Whose reserve result is summed into the amount the payment participant authorises.
-    priced: tuple[str, ...]
+    parts: tuple[Part, ...]
+
+    @property
+    def label(self) -> str:
+        """'trip/2': how logs, errors and GetTrip name the definition."""
+        return f"{self.name}/{self.version}"
+
+    @cached_property
+    def reserve_groups(self) -> tuple[tuple[str, ...], ...]:
+        return _groups(self.parts, "reserve_group")
+
+    @cached_property
+    def confirm_groups(self) -> tuple[tuple[str, ...], ...]:
+        return _groups(self.parts, "confirm_group")
+
+    @cached_property
+    def auxiliary(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.parts if p.auxiliary)
+
+    @cached_property
+    def priced(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parts if p.priced)
+
+    @cached_property
+    def optional(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.parts if p.optional)
 
     @property
     def participants(self) -> tuple[str, ...]:
         return tuple(p for group in self.reserve_groups for p in group)
 
+    def takes_part(self, participant: str, request: HasParts) -> bool:
+        """Whether this trip has a step for the participant: always, unless the part is optional and
+        the trip has none."""
+        return participant not in self.optional or request.has_part(participant)
 
-TRIP_SAGA = SagaDefinition(
+    def with_part(self, part: Part, *, version: int) -> SagaDefinition:
+        """This definition with one more part, under a new version."""
+        return replace(self, version=version, parts=(*self.parts, part))
+
+
+# trip/1: flight (and optionally a hotel) in parallel, then the payment and the staged e-mail.
+TRIP_SAGA_V1 = SagaDefinition(
+    name="trip",
     version=1,
-    reserve_groups=(("flight", "hotel"), ("payment", "notify")),
-    confirm_groups=(("flight", "hotel"), ("payment",), ("notify",)),
-    auxiliary=frozenset({"notify"}),
-    priced=("flight", "hotel"),
+    parts=(
+        Part("flight", reserve_group=1, confirm_group=1, priced=True),
+        Part("hotel", reserve_group=1, confirm_group=1, priced=True, optional=True),
+        Part("payment", reserve_group=2, confirm_group=2),
+        Part("notify", reserve_group=2, confirm_group=3, auxiliary=True),
+    ),
 )
+
+TRIP_SAGA = TRIP_SAGA_V1
+
+# Every definition this coordinator can drive, by version: the current one and the older ones trips
+# may still have been started under.
+SAGAS: dict[int, SagaDefinition] = {s.version: s for s in (TRIP_SAGA_V1,)}

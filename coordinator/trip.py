@@ -85,7 +85,9 @@ class TripRequest:
         return hashlib.sha256(body.encode()).hexdigest()
 
     def has_part(self, participant: str) -> bool:
-        return participant != "hotel" or self.hotel is not None
+        """Whether the request carries the part named after this participant (`hotel`, ...): what an
+        optional part of the saga (coordinator/saga.py) is skipped by."""
+        return getattr(self, participant, None) is not None
 
 
 @dataclass
