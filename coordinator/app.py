@@ -101,7 +101,7 @@ async def start_coordinator(
 
         events.spans = TripSpans(tracing.tracer("tripmesh.coordinator"))
     engine = Engine(
-        TRIP_SAGA,
+        TRIP_SAGA,  # new trips start under it; trips of the older definitions in SAGAS are driven by theirs
         store,
         participants,
         clock,
@@ -110,6 +110,7 @@ async def start_coordinator(
         max_active=settings.max_active_trips,
         events=events,
     )
+    store.versions = sorted(engine.sagas)  # never lease a trip of a definition this build cannot drive
     if metrics is not None:
         from coordinator.metrics import install
 

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.car.audit import check_conservation as car_conservation
 from services.flight.audit import check_conservation as flight_conservation
 from services.hotel.audit import check_conservation as hotel_conservation
 from services.kit.db import database_url
@@ -47,9 +48,12 @@ CONSERVATION: dict[str, Conservation] = {
     "hotel": hotel_conservation,
     "payment": payment_conservation,
     "notify": notify_conservation,
+    "car": car_conservation,
 }
 PARTICIPANTS = tuple(CONSERVATION)
 TERMINAL = ("CONFIRMED", "CANCELLED", "NEEDS_ATTENTION")
+OPTIONAL_PARTS = ("hotel", "car")
+PRICED_PARTS = ("flight", "hotel", "car")  # what the payment captures is their sum
 LIVE_STATUSES = ("HELD", "CONFIRMED")  # a reservation that holds something (a seat, a room, money)
 MISSING = "missing"
 
@@ -231,10 +235,11 @@ def _confirmed_problems(trip: _Trip, parts: Mapping[str, Reservation | None]) ->
         if part is None or part.status != "CONFIRMED":
             found = part.status if part else MISSING
             problems.append(f"I2: confirmed trip {trip.trip_id} has {name} {found}")
-    hotel_part = parts.get("hotel")
-    if hotel_part is not None and hotel_part.status != "CONFIRMED":
-        problems.append(f"I2: confirmed trip {trip.trip_id} has hotel {hotel_part.status}")
-    total = sum(p.price_minor for n, p in parts.items() if p and n in ("flight", "hotel"))
+    for name in OPTIONAL_PARTS:  # the trip may have none; if it has one, it is confirmed
+        part = parts.get(name)
+        if part is not None and part.status != "CONFIRMED":
+            problems.append(f"I2: confirmed trip {trip.trip_id} has {name} {part.status}")
+    total = sum(p.price_minor for n, p in parts.items() if p and n in PRICED_PARTS)
     pay = parts.get("payment")
     if pay is not None and pay.price_minor != total:
         problems.append(f"I2: trip {trip.trip_id} captured {pay.price_minor}, its total is {total}")

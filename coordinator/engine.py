@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -29,7 +30,7 @@ from coordinator.events import TripEvents
 from coordinator.participants import Outcome, OutcomeKind, Participants
 from coordinator.planner import Done, Transition, plan
 from coordinator.requests import build_request
-from coordinator.saga import SagaDefinition
+from coordinator.saga import SAGAS, SagaDefinition, unknown_definition
 from coordinator.steplog import StepLogStore, new_trip, state_write, step_write
 from coordinator.trip import Action, Step, StepStatus, Trip, TripState
 from coordinator.writer import StaleLeaseError, Write
@@ -76,7 +77,10 @@ class Engine:
         crash: CrashPoints | None = None,
         max_active: int = 256,
         events: TripEvents | None = None,
+        sagas: Mapping[int, SagaDefinition] | None = None,
     ) -> None:
+        """`saga` is what new trips start under; `sagas` every definition this engine can drive a trip
+        by (default: those this build knows, coordinator/saga.py SAGAS, and `saga`)."""
         # At most max_active trips call participants at once; the rest wait their turn having sent
         # nothing. Without it, a recovery of thousands of trips (or a burst) sends every call at once,
         # deadlines pass in the participants' queues and retry budgets burn into needless compensations.
@@ -84,6 +88,7 @@ class Engine:
         self._in_slots = 0
         self.crash = crash
         self.saga = saga
+        self.sagas: dict[int, SagaDefinition] = {**(SAGAS if sagas is None else sagas), saga.version: saga}
         self.store = store
         self.participants = participants
         self.clock = clock
@@ -104,6 +109,16 @@ class Engine:
         is sent and its id lands in `taken`.
         """
         if trip.trip_id in self._tasks or trip.state.terminal:
+            return
+        if trip.definition_version not in self.sagas:
+            # Never guess how to drive a trip of a definition this build does not know (a newer one,
+            # or one retired): leave it as it is for a coordinator that does.
+            log.warning(
+                "definition_unknown",
+                trip_id=trip.trip_id,
+                definition_version=trip.definition_version,
+                detail=unknown_definition(trip.definition_version, self.sagas),
+            )
             return
         self._pending[trip.trip_id] = [new_trip(trip)] if new else []
         if new:
@@ -199,7 +214,7 @@ class Engine:
     async def _run(self, trip: Trip) -> None:
         delay = self.policy.initial_backoff
         while True:
-            next_plan = plan(self.saga, trip, self.clock.now())
+            next_plan = plan(self.sagas[trip.definition_version], trip, self.clock.now())
             if isinstance(next_plan, Done):
                 return
             try:
@@ -283,7 +298,7 @@ class Engine:
                 name=name, seq=len(trip.steps) + 1, status=StepStatus.STARTED, attempts=0, started_at=self.clock.now()
             )
             trip.steps[name] = step
-        request = build_request(self.saga, trip, name)
+        request = build_request(self.sagas[trip.definition_version], trip, name)
         budget = step.attempts + self.policy.attempts(step.action)
         while True:
             step.attempts += 1

@@ -231,6 +231,7 @@ PARTICIPANTS = (
     Component("hotel", "services.hotel", "HOTEL", 50052),
     Component("payment", "services.payment", "PAYMENT", 50053),
     Component("notify", "services.notify", "NOTIFY", 50054),
+    Component("car", "services.car", "CAR", 50055),
 )
 COORDINATOR = Component("coordinator", "coordinator", "COORDINATOR", 50050)
 # A client of the coordinator's public API, nothing more; its "data" is the address to open.

@@ -41,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.engine import Engine
+from coordinator.saga import unknown_definition
 from coordinator.steplog import StepLogStore
 from coordinator.trip import Trip
 from services.kit.errors import TransientError
@@ -103,6 +104,7 @@ class LeaseKeeper:
         self.timing = timing
         self.budget = budget  # at most this many trips driven here before takeover stops claiming
         self._tasks: list[asyncio.Task[None]] = []
+        self._reported: set[str] = set()  # trips already logged as definition_unknown
 
     async def recover(self) -> int:
         """At start: drive this replica id's own unfinished trips, then any whose lease expired."""
@@ -143,6 +145,7 @@ class LeaseKeeper:
 
     async def takeover_once(self) -> int:
         """Claim up to the free budget of trips whose lease expired, and drive them; how many."""
+        await self.report_unknown_definitions()
         room = self.budget - self.engine.active
         claimed = await self.store.claim_expired(room)
         for trip in claimed:
@@ -159,6 +162,23 @@ class LeaseKeeper:
                 replica=self.store.replica_id,
             )
         return len(claimed)
+
+    async def report_unknown_definitions(self) -> int:
+        """Log `definition_unknown` once per unfinished trip this replica will not claim, by version."""
+        found = [(t, v) for t, v in await self.store.unknown_definitions() if t not in self._reported]
+        by_version: dict[int, list[str]] = {}
+        for trip_id, version in found:
+            by_version.setdefault(version, []).append(trip_id)
+            self._reported.add(trip_id)
+        for version, trip_ids in sorted(by_version.items()):
+            log.warning(
+                "definition_unknown",
+                definition_version=version,
+                count=len(trip_ids),
+                trip_ids=trip_ids[:10],
+                detail=unknown_definition(version, self.engine.sagas),
+            )
+        return len(found)
 
     def _drive(self, trips: list[Trip]) -> None:
         for trip in trips:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 
-from coordinator.trip import FlightPart, HotelPart, TripRequest
+from coordinator.trip import CarPart, FlightPart, HotelPart, TripRequest
 from services.kit.errors import FieldViolation, InvalidRequestError
 from services.kit.money import CATALOGUE_CURRENCY
 from tripmesh.v1 import common_pb2 as common_pb
@@ -19,6 +19,8 @@ TRIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FLIGHT_ID = re.compile(r"^[A-Z0-9]{2,8}-(\d{4})(\d{2})(\d{2})$")
 EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_NIGHTS = 30
+MAX_CAR_DAYS = 30
+CAR_CLASSES = "CAR_CLASS_ECONOMY, CAR_CLASS_COMPACT, CAR_CLASS_MIDSIZE, CAR_CLASS_SUV or CAR_CLASS_LUXURY"
 
 _Bad = Callable[[str, str], None]
 
@@ -56,6 +58,7 @@ def parse_book_trip(request: trip_pb.BookTripRequest) -> TripRequest:
     if flight is None and not request.HasField("flight"):
         bad("flight", "is required")
     hotel = _parse_hotel(request.hotel, bad) if request.HasField("hotel") else None
+    car = _parse_car(request.car, bad) if request.HasField("car") else None
     if not request.payment_method_id:
         bad("payment_method_id", "must not be empty")
     currency = request.currency_code or CATALOGUE_CURRENCY
@@ -73,6 +76,7 @@ def parse_book_trip(request: trip_pb.BookTripRequest) -> TripRequest:
         hotel=hotel,
         payment_method_id=request.payment_method_id,
         currency=currency,
+        car=car,
     )
 
 
@@ -110,6 +114,26 @@ def _parse_hotel(hotel: trip_pb.TripHotel, bad: _Bad) -> HotelPart | None:
     if not (check_in and check_out):
         return None
     return HotelPart(hotel.hotel_id, int(hotel.room_type), check_in.isoformat(), check_out.isoformat(), room_count)
+
+
+def _parse_car(car: trip_pb.TripCar, bad: _Bad) -> CarPart | None:
+    city = " ".join(car.city.split())
+    if not city:
+        bad("car.city", "must not be empty; give a city such as Lisbon")
+    elif len(city) > 80:
+        bad("car.city", "must be at most 80 characters")
+    if car.car_class not in (1, 2, 3, 4, 5):
+        bad("car.car_class", f"must be {CAR_CLASSES}")
+    pick_up = _date(car.pick_up_date, "car.pick_up_date", bad)
+    drop_off = _date(car.drop_off_date, "car.drop_off_date", bad)
+    if pick_up and drop_off:
+        if drop_off <= pick_up:
+            bad("car.drop_off_date", f"must be after the pick-up ({pick_up}), got {drop_off}")
+        elif (drop_off - pick_up).days > MAX_CAR_DAYS:
+            bad("car.drop_off_date", f"a rental is at most {MAX_CAR_DAYS} days")
+    if not (pick_up and drop_off):
+        return None
+    return CarPart(city, int(car.car_class), pick_up.isoformat(), drop_off.isoformat())
 
 
 def _flight_date(flight_id: str, field: str, bad: _Bad, *, required: bool) -> date | None:

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from services.kit.interceptors import TRIP_ID_METADATA
 from services.kit.tls import TlsFiles, aio_channel, tls_files
+from tripmesh.v1 import car_service_pb2_grpc as car_grpc
 from tripmesh.v1 import flight_service_pb2_grpc as flight_grpc
 from tripmesh.v1 import hotel_service_pb2_grpc as hotel_grpc
 from tripmesh.v1 import notification_service_pb2_grpc as notify_grpc
@@ -91,6 +92,7 @@ class Addresses:
     hotel: str
     payment: str
     notify: str
+    car: str
 
 
 _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
@@ -98,6 +100,7 @@ _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "hotel": hotel_grpc.HotelServiceStub,
     "payment": payment_grpc.PaymentServiceStub,
     "notify": notify_grpc.NotificationServiceStub,
+    "car": car_grpc.CarServiceStub,
 }
 
 _METHODS = {"reserve": "Reserve", "confirm": "Confirm", "cancel": "Cancel"}

@@ -12,6 +12,7 @@ from typing import Any
 from coordinator.saga import SagaDefinition
 from coordinator.trip import Action, Trip
 from services.kit.money import Money
+from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -27,6 +28,8 @@ _SIMPLE = {
     ("payment", Action.CANCEL): payment_pb.PaymentServiceCancelRequest,
     ("notify", Action.CONFIRM): notify_pb.NotificationServiceConfirmRequest,
     ("notify", Action.CANCEL): notify_pb.NotificationServiceCancelRequest,
+    ("car", Action.CONFIRM): car_pb.CarServiceConfirmRequest,
+    ("car", Action.CANCEL): car_pb.CarServiceCancelRequest,
 }
 
 
@@ -73,6 +76,16 @@ def build_request(saga: SagaDefinition, trip: Trip, step_name: str) -> Any:
             check_out=date_message(hotel.check_out),
             room_count=hotel.room_count,
         )
+    if participant == "car":
+        car = request.car
+        assert car is not None
+        return car_pb.CarServiceReserveRequest(
+            reservation_id=rid,
+            city=car.city,
+            car_class=car.car_class,  # type: ignore[arg-type]
+            pick_up_date=date_message(car.pick_up),
+            drop_off_date=date_message(car.drop_off),
+        )
     total = trip_total(saga, trip)
     assert total is not None, "payment and notify are reserved after every priced part"
     if participant == "payment":
@@ -105,6 +118,11 @@ def confirmation_message(trip: Trip, total: Money) -> tuple[str, str]:
         lines.append(
             f"Hotel: {request.hotel.hotel_id}, {request.hotel.room_count} {room} room(s), "
             f"{request.hotel.check_in} to {request.hotel.check_out}"
+        )
+    if request.car is not None:
+        car_class = car_pb.CarClass.Name(request.car.car_class).removeprefix("CAR_CLASS_").lower()  # type: ignore[arg-type]
+        lines.append(
+            f"Car: {car_class} in {request.car.city}, picked up {request.car.pick_up}, returned {request.car.drop_off}"
         )
     lines += ["", f"Total charged: {total}", "", "Have a good trip,", "tripmesh"]
     return f"Your trip {trip.trip_id} is booked", "\n".join(lines)

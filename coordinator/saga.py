@@ -14,6 +14,7 @@ trip whose version it does not know (coordinator/lease.py, coordinator/service.p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Protocol
@@ -97,8 +98,28 @@ TRIP_SAGA_V1 = SagaDefinition(
     ),
 )
 
-TRIP_SAGA = TRIP_SAGA_V1
+# trip/2: trip/1 and, optionally, a rental car reserved in parallel with the flight and the hotel.
+CAR = Part("car", reserve_group=1, confirm_group=1, priced=True, optional=True)
+TRIP_SAGA_V2 = TRIP_SAGA_V1.with_part(CAR, version=2)
+
+# What new trips start under.
+TRIP_SAGA = TRIP_SAGA_V2
 
 # Every definition this coordinator can drive, by version: the current one and the older ones trips
 # may still have been started under.
-SAGAS: dict[int, SagaDefinition] = {s.version: s for s in (TRIP_SAGA_V1,)}
+SAGAS: dict[int, SagaDefinition] = {s.version: s for s in (TRIP_SAGA_V1, TRIP_SAGA_V2)}
+
+
+def definition_label(version: int, sagas: Mapping[int, SagaDefinition] = SAGAS) -> str:
+    """'trip/2' for a known version; a version nobody here knows is named the same way."""
+    known = sagas.get(version)
+    return known.label if known is not None else f"{TRIP_SAGA.name}/{version}"
+
+
+def unknown_definition(version: int, sagas: Mapping[int, SagaDefinition] = SAGAS) -> str:
+    """Why a trip of this version is left alone, for logs and errors."""
+    honoured = ", ".join(sagas[v].label for v in sorted(sagas))
+    return (
+        f"the trip started under saga definition {definition_label(version, sagas)}, which this coordinator "
+        f"cannot drive (it knows {honoured}); it is left untouched for a coordinator that knows it"
+    )

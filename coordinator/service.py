@@ -6,11 +6,12 @@ import asyncio
 from datetime import timedelta
 
 from coordinator.engine import Engine
-from coordinator.saga import SagaDefinition
+from coordinator.saga import SagaDefinition, unknown_definition
 from coordinator.steplog import StepLogStore
 from coordinator.trip import Action, StepStatus, Trip, TripRequest, TripState
 from services.kit.clock import Clock
 from services.kit.errors import (
+    DefinitionUnknownError,
     InvalidRequestError,
     OverloadedError,
     TransientError,
@@ -80,7 +81,11 @@ class TripService:
 
         Driven here: wait for the engine. Leased to nobody (its replica died and no scan took it yet):
         take it and drive it here. Driven by another replica: read the shared step log until it ends.
+        Started under a definition this coordinator does not know: answer with it as it is.
         """
+        if trip.definition_version not in self.engine.sagas:
+            self.engine.start(trip)  # logs definition_unknown and leaves the trip alone
+            return trip
         if self.engine.live(trip.trip_id) is None and not trip.state.terminal:
             claimed = await self.store.claim_one(trip.trip_id)
             if claimed is None:
@@ -118,6 +123,12 @@ class TripService:
     async def retry(self, trip_id: str, wait: float | None) -> Trip:
         """An operator's retry of a trip parked in NEEDS_ATTENTION: resume it with fresh retry budgets."""
         trip = await self.get(trip_id)
+        if trip.definition_version not in self.engine.sagas:
+            why = unknown_definition(trip.definition_version, self.engine.sagas)
+            raise DefinitionUnknownError(
+                f"trip {trip_id!r} cannot be retried here: {why}",
+                metadata={"definition_version": str(trip.definition_version)},
+            )
         if trip.state is not TripState.NEEDS_ATTENTION:
             driver = f" (driven by coordinator replica {trip.owner})" if not trip.state.terminal and trip.owner else ""
             raise TripNotRetriableError(

@@ -8,7 +8,7 @@ import grpc
 
 from coordinator.parse import parse_book_trip, parse_trip_id
 from coordinator.service import TripService
-from coordinator.trip import TripState
+from coordinator.trip import Trip, TripState
 from coordinator.views import trip_to_proto
 from coordinator.watch import TripWatcher
 from coordinator.watch_hub import WatchHub
@@ -30,23 +30,26 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
         service.engine.events.add(self.watch_hub)
         self.watcher = TripWatcher(self.watch_hub, service.get, service.engine.live)
 
+    def _view(self, trip: Trip) -> trip_pb.Trip:
+        return trip_to_proto(self.service.saga, trip, self.service.engine.sagas)
+
     async def BookTrip(
         self, request: trip_pb.BookTripRequest, context: grpc.aio.ServicerContext
     ) -> trip_pb.BookTripResponse:
         trip = await self.service.book(parse_book_trip(request), _wait(context))
-        return trip_pb.BookTripResponse(trip=trip_to_proto(self.service.saga, trip))
+        return trip_pb.BookTripResponse(trip=self._view(trip))
 
     async def RetryTrip(
         self, request: trip_pb.RetryTripRequest, context: grpc.aio.ServicerContext
     ) -> trip_pb.RetryTripResponse:
         trip = await self.service.retry(parse_trip_id(request.trip_id), _wait(context))
-        return trip_pb.RetryTripResponse(trip=trip_to_proto(self.service.saga, trip))
+        return trip_pb.RetryTripResponse(trip=self._view(trip))
 
     async def GetTrip(
         self, request: trip_pb.GetTripRequest, context: grpc.aio.ServicerContext
     ) -> trip_pb.GetTripResponse:
         trip = await self.service.get(parse_trip_id(request.trip_id))
-        return trip_pb.GetTripResponse(trip=trip_to_proto(self.service.saga, trip))
+        return trip_pb.GetTripResponse(trip=self._view(trip))
 
     async def WatchTrip(
         self, request: trip_pb.WatchTripRequest, context: grpc.aio.ServicerContext
@@ -72,9 +75,7 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
             page_size=request.page_size or DEFAULT_PAGE_SIZE,
             page_token=request.page_token,
         )
-        return trip_pb.ListTripsResponse(
-            trips=[trip_to_proto(self.service.saga, t) for t in trips], next_page_token=token
-        )
+        return trip_pb.ListTripsResponse(trips=[self._view(t) for t in trips], next_page_token=token)
 
 
 def _wait(context: grpc.aio.ServicerContext) -> float | None:

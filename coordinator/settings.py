@@ -36,7 +36,7 @@ class CoordinatorSettings:
             addresses=Addresses(
                 **{
                     name: env(c, f"{name}_address", f"127.0.0.1:{DEFAULT_PORTS[name]}")
-                    for name in ("flight", "hotel", "payment", "notify")
+                    for name in ("flight", "hotel", "payment", "notify", "car")
                 }
             ),
             call_timeout=env_float(c, "call_timeout_seconds", 5.0),

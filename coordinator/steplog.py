@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,14 +37,22 @@ def _grant(trip_id: str, fence: int, owner: str, at: datetime, reason: str) -> d
 
 class StepLogStore:
     def __init__(
-        self, engine: AsyncEngine, *, durable: bool = True, replica_id: str = "local", lease_seconds: float = 10.0
+        self,
+        engine: AsyncEngine,
+        *,
+        durable: bool = True,
+        replica_id: str = "local",
+        lease_seconds: float = 10.0,
+        versions: Collection[int] | None = None,
     ) -> None:
         """durable=False writes nothing at all: only for the benchmark's no-step-log limit.
 
         `replica_id` names this coordinator process in the leases it takes (coordinator/lease.py); it
-        may be set after construction, before the first write.
+        may be set after construction, before the first write. `versions`: the saga definition versions
+        this coordinator can drive; it never claims (leases) a trip of another version. None: any.
         """
         self.engine = engine
+        self.versions = None if versions is None else sorted(versions)
         self.durable = durable
         self.replica_id = replica_id
         self.lease = timedelta(seconds=lease_seconds)
@@ -211,8 +219,24 @@ class StepLogStore:
 
         await db_retry(work)
 
+    async def unknown_definitions(self, limit: int = 100) -> list[tuple[str, int]]:
+        """Unfinished trips of a definition version this coordinator cannot drive (trip id, version)."""
+        if self.versions is None:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(trips.c.trip_id, trips.c.definition_version)
+                .where(trips.c.state.not_in(_TERMINAL), trips.c.definition_version.not_in(self.versions))
+                .order_by(trips.c.created_at)
+                .limit(limit)
+            )
+            return [(r.trip_id, r.definition_version) for r in rows]
+
     async def _claim(self, condition: ColumnElement[bool], limit: int | None, reason: str) -> list[Trip]:
         me = self.replica_id
+        if self.versions is not None:
+            # A trip of a definition this coordinator cannot drive is left to one that can: not leased.
+            condition = and_(condition, trips.c.definition_version.in_(self.versions))
 
         async def work() -> list[Trip]:
             now = _now()

@@ -58,6 +58,14 @@ class HotelPart:
 
 
 @dataclass(frozen=True)
+class CarPart:
+    city: str
+    car_class: int
+    pick_up: str  # ISO date
+    drop_off: str
+
+
+@dataclass(frozen=True)
 class TripRequest:
     trip_id: str
     customer_id: str
@@ -67,17 +75,23 @@ class TripRequest:
     hotel: HotelPart | None
     payment_method_id: str
     currency: str
+    car: CarPart | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """As stored in the step log; a trip without a car is stored (and fingerprinted) as before cars."""
+        data = asdict(self)
+        if self.car is None:
+            del data["car"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TripRequest:
-        hotel = data.get("hotel")
+        hotel, car = data.get("hotel"), data.get("car")
         return cls(
-            **{k: v for k, v in data.items() if k not in ("flight", "hotel")},
+            **{k: v for k, v in data.items() if k not in ("flight", "hotel", "car")},
             flight=FlightPart(**data["flight"]),
             hotel=HotelPart(**hotel) if hotel else None,
+            car=CarPart(**car) if car else None,
         )
 
     def fingerprint(self) -> str:

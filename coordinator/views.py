@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordinator.requests import date_message, reservation_id, trip_total
-from coordinator.saga import SagaDefinition
+from coordinator.saga import SAGAS, SagaDefinition, definition_label
 from coordinator.trip import Action, Step, StepStatus, Trip, TripRequest
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
@@ -25,7 +26,10 @@ _ACTION = {
 }
 
 
-def trip_to_proto(saga: SagaDefinition, trip: Trip) -> trip_pb.Trip:
+def trip_to_proto(saga: SagaDefinition, trip: Trip, known: Mapping[int, SagaDefinition] = SAGAS) -> trip_pb.Trip:
+    """`saga` is the current definition, `known` the ones this coordinator can drive: the trip is shown by
+    the one it started under, or, unknown here, by the current one (its steps are what they are)."""
+    saga = known.get(trip.definition_version, saga)
     message = trip_pb.Trip(
         trip_id=trip.trip_id,
         state=common_pb.TripState.Value(f"TRIP_STATE_{trip.state.value}"),
@@ -34,6 +38,8 @@ def trip_to_proto(saga: SagaDefinition, trip: Trip) -> trip_pb.Trip:
         create_time=timestamp(trip.created_at),
         update_time=timestamp(trip.updated_at),
         request=request_to_proto(trip.request),
+        definition_version=definition_label(trip.definition_version, known),
+        definition_known=trip.definition_version in known,
     )
     total = trip_total(saga, trip)
     if total is not None:
@@ -106,6 +112,16 @@ def request_to_proto(request: TripRequest) -> trip_pb.BookTripRequest:
         payment_method_id=request.payment_method_id,
         currency_code=request.currency,
     )
+    if request.car is not None:
+        c = request.car
+        message.car.CopyFrom(
+            trip_pb.TripCar(
+                city=c.city,
+                car_class=c.car_class,  # type: ignore[arg-type]
+                pick_up_date=date_message(c.pick_up),
+                drop_off_date=date_message(c.drop_off),
+            )
+        )
     if request.hotel is not None:
         h = request.hotel
         message.hotel.CopyFrom(

@@ -18,7 +18,7 @@ from google.protobuf import timestamp_pb2
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 
-LANES = ("flight", "hotel", "payment", "notify")
+LANES = ("flight", "hotel", "car", "payment", "notify")
 MIN_BAR_PERCENT = 0.6  # a 1 ms step is still a visible sliver
 NARROW_PERCENT = 10.0  # narrower than this, a bar's label goes beside it
 FINISHED = frozenset({common_pb.TRIP_STATE_CONFIRMED, common_pb.TRIP_STATE_CANCELLED})

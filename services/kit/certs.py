@@ -4,7 +4,7 @@
 
     ca.pem                      the CA certificate every process trusts (and nothing else)
     ca-key.pem                  the CA's private key (0600): keep it off the hosts, or delete it
-    <name>.pem, <name>-key.pem  for coordinator, flight, hotel, payment, notify and client
+    <name>.pem, <name>-key.pem  for coordinator, flight, hotel, payment, notify, car and client
 
 Each leaf certificate names its identity twice: the subject CN (`coordinator`) and a SAN URI
 (`spiffe://tripmesh/coordinator`); servers authorise callers by that identity (kit.authz). Its SANs
@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 IDENTITY_PREFIX = "spiffe://tripmesh/"
 COORDINATOR = "coordinator"
 CLIENT = "client"
-SERVICES = ("coordinator", "flight", "hotel", "payment", "notify")
+SERVICES = ("coordinator", "flight", "hotel", "payment", "notify", "car")
 ALL_NAMES = (*SERVICES, CLIENT)
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 LEAF_DAYS = 397

@@ -108,6 +108,13 @@ class TripNotRetriableError(TripmeshError):
     reason = "TRIP_NOT_RETRIABLE"
 
 
+class DefinitionUnknownError(TripmeshError):
+    """A trip started under a saga definition version this coordinator cannot drive."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "DEFINITION_UNKNOWN"
+
+
 class InjectedFaultError(TripmeshError):
     """A fault injected by configuration (kit.faults): any code and reason, answered like a real error."""
 

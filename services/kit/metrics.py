@@ -44,7 +44,14 @@ from services.kit.wrapping import Behaviour, rewrap, split_method
 
 log = structlog.get_logger("tripmesh.metrics")
 
-DEFAULT_METRICS_PORTS = {"coordinator": 9100, "flight": 9101, "hotel": 9102, "payment": 9103, "notify": 9104}
+DEFAULT_METRICS_PORTS = {
+    "coordinator": 9100,
+    "flight": 9101,
+    "hotel": 9102,
+    "payment": 9103,
+    "notify": 9104,
+    "car": 9105,
+}
 # Seconds; from a millisecond loopback call to a 10 s deadline.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

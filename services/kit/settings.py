@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-DEFAULT_PORTS = {"coordinator": 50050, "flight": 50051, "hotel": 50052, "payment": 50053, "notify": 50054}
+DEFAULT_PORTS = {"coordinator": 50050, "flight": 50051, "hotel": 50052, "payment": 50053, "notify": 50054, "car": 50055}
 
 
 def env(component: str, setting: str, default: str) -> str:

@@ -20,6 +20,7 @@ from coordinator.app import RunningCoordinator, start_coordinator
 from coordinator.engine import RetryPolicy
 from coordinator.participants import Addresses
 from coordinator.settings import CoordinatorSettings
+from services.car.app import SPEC as CAR
 from services.flight.app import SPEC as FLIGHT
 from services.hotel.app import SPEC as HOTEL
 from services.kit.metrics import Metrics
@@ -33,7 +34,7 @@ from tests.support.databases import Databases
 from tests.support.invariants import check_invariants
 from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
 
-SPECS = {"flight": FLIGHT, "hotel": HOTEL, "payment": PAYMENT, "notify": NOTIFY}
+SPECS = {"flight": FLIGHT, "hotel": HOTEL, "payment": PAYMENT, "notify": NOTIFY, "car": CAR}
 
 FAST_POLICY = RetryPolicy(
     reserve_attempts=3, confirm_attempts=5, cancel_attempts=5, initial_backoff=0.01, max_backoff=0.05

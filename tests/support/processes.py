@@ -34,6 +34,7 @@ PORT_PREFIXES = {
     "hotel": "HOTEL",
     "payment": "PAYMENT",
     "notify": "NOTIFY",
+    "car": "CAR",
     "smtp-sink": "SMTP_SINK",
     "dashboard": "DASHBOARD",
 }
@@ -43,10 +44,11 @@ DEFAULT_PORTS = {
     "hotel": 50052,
     "payment": 50053,
     "notify": 50054,
+    "car": 50055,
     "smtp-sink": 2525,
     "dashboard": 8080,
 }
-METRICS = ("coordinator", "flight", "hotel", "payment", "notify")  # TRIPMESH_<C>_METRICS_PORT
+METRICS = ("coordinator", "flight", "hotel", "payment", "notify", "car")  # TRIPMESH_<C>_METRICS_PORT
 BANNER = "tripmesh is up:"
 STARTED = re.compile(r"^tripmesh: started (?P<name>[\w-]+) \(pid (?P<pid>\d+)\)", re.M)
 BANNER_ROW = re.compile(r"^(?P<name>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S+)\s+(?P<pid>\d+)$")
