@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from coordinator.saga import SAGAS, definition_label
 from services.car.audit import check_conservation as car_conservation
 from services.flight.audit import check_conservation as flight_conservation
 from services.hotel.audit import check_conservation as hotel_conservation
@@ -107,12 +108,13 @@ class _Trip:
     trip_id: str
     state: str
     failure_reason: str
+    definition_version: int = 0
 
 
 async def _trips(engine: AsyncEngine) -> dict[str, _Trip]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT trip_id, state, failure_reason FROM trips"))
-        return {r.trip_id: _Trip(r.trip_id, r.state, r.failure_reason or "") for r in rows}
+        rows = await conn.execute(text("SELECT trip_id, state, failure_reason, definition_version FROM trips"))
+        return {r.trip_id: _Trip(r.trip_id, r.state, r.failure_reason or "", r.definition_version) for r in rows}
 
 
 async def _reservations(engine: AsyncEngine) -> dict[str, Reservation]:
@@ -141,7 +143,11 @@ async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[st
     # I1: every accepted trip ended, or waits for an operator with a reason.
     for trip in trips.values():
         if trip.state not in TERMINAL:
-            problems.append(f"I1: trip {trip.trip_id} is still {trip.state}")
+            stranded = ""
+            if trip.definition_version not in SAGAS:
+                label = definition_label(trip.definition_version)
+                stranded = f" under saga definition {label}, which this build cannot drive"
+            problems.append(f"I1: trip {trip.trip_id} is still {trip.state}{stranded}")
         if trip.state == "NEEDS_ATTENTION" and not trip.failure_reason:
             problems.append(f"I1: trip {trip.trip_id} needs attention without a reason")
 
