@@ -61,7 +61,7 @@ class CarInventory:
     def to_json(self, details: CarRental) -> dict[str, Any]:
         return details.to_json()
 
-    def hold(self, conn: Connection, details: CarRental) -> Money:
+    def hold(self, conn: Connection, details: CarRental, reservation_id: str) -> Money:
         params = _params(details)
         if conn.execute(_KNOWN, params).first() is None:
             known = conn.execute(select(cities.c.city)).scalars().all()

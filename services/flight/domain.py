@@ -42,6 +42,7 @@ class FlightBooking:
     return_flight_id: str | None
     cabin: Cabin
     passenger_count: int
+    seats: tuple[str, ...] = ()  # named seats, held on every flight; empty: assigned by the service
 
     @property
     def flight_ids(self) -> tuple[str, ...]:
@@ -50,12 +51,15 @@ class FlightBooking:
         return (self.outbound_flight_id, self.return_flight_id)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "outbound_flight_id": self.outbound_flight_id,
             "return_flight_id": self.return_flight_id,
             "cabin": self.cabin.value,
             "passenger_count": self.passenger_count,
         }
+        if self.seats:  # a booking without named seats is stored (and fingerprinted) as before seats
+            data["seats"] = list(self.seats)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FlightBooking:
@@ -64,6 +68,7 @@ class FlightBooking:
             return_flight_id=None if data.get("return_flight_id") is None else str(data["return_flight_id"]),
             cabin=Cabin(data["cabin"]),
             passenger_count=int(data["passenger_count"]),
+            seats=tuple(str(s) for s in data.get("seats", ())),
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,9 +28,10 @@ from services.flight.domain import (
     unknown_airports,
     unknown_flight,
 )
-from services.flight.models import airports, flight_cabins, flights
+from services.flight.models import airports, flight_cabins, flights, seat_assignments
+from services.flight.seats import assign, not_in_cabin
 from services.kit.db import db_retry
-from services.kit.errors import SoldOutError
+from services.kit.errors import SeatTakenError, SoldOutError
 from services.kit.money import CATALOGUE_CURRENCY, Money
 from services.participant.states import Record, Status
 
@@ -61,7 +62,14 @@ _TAKE = (
     update(flight_cabins)
     .where(_ROW, _fc.capacity - _fc.held - _fc.confirmed >= bindparam("b_n"))
     .values(held=_fc.held + bindparam("b_n"))
-    .returning(_fc.fare_minor)
+    .returning(_fc.fare_minor, _fc.capacity)
+)
+_sa = seat_assignments.c
+_TAKEN = select(_sa.seat).where(_sa.flight_id == bindparam("b_flight"))
+_SEAT = insert(seat_assignments)
+_FREE_SEATS = delete(seat_assignments).where(_sa.reservation_id == bindparam("b_id"))
+_SEATS_OF = (
+    select(_sa.flight_id, _sa.seat).where(_sa.reservation_id == bindparam("b_id")).order_by(_sa.flight_id, _sa.seat)
 )
 _LEFT = select(_fc.capacity - _fc.held - _fc.confirmed).where(_ROW)
 _CONFIRM = (
@@ -92,7 +100,7 @@ class FlightInventory:
     def to_json(self, details: FlightBooking) -> dict[str, Any]:
         return details.to_json()
 
-    def hold(self, conn: Connection, details: FlightBooking) -> Money:
+    def hold(self, conn: Connection, details: FlightBooking, reservation_id: str) -> Money:
         legs = self._legs(conn, details.flight_ids)
         outbound = legs.get(details.outbound_flight_id)
         if outbound is None:
@@ -102,7 +110,11 @@ class FlightInventory:
             if back is None:
                 raise unknown_flight("return_flight_id", details.return_flight_id)
             check_return(outbound, back)
-        fares = [self._take(conn, flight_id, details) for flight_id in sorted(details.flight_ids)]
+        fares = []
+        for flight_id in sorted(details.flight_ids):
+            fare, capacity = self._take(conn, flight_id, details)
+            self._seat(conn, flight_id, capacity, details, reservation_id)
+            fares.append(fare)
         return price(fares, details.passenger_count)
 
     def confirm(self, conn: Connection, record: Record) -> None:
@@ -117,6 +129,7 @@ class FlightInventory:
         booking = FlightBooking.from_json(record.details)
         n = booking.passenger_count
         column = flight_cabins.c.confirmed if record.status is Status.CONFIRMED else flight_cabins.c.held
+        conn.execute(_FREE_SEATS, {"b_id": record.reservation_id})
         for flight_id in sorted(booking.flight_ids):
             result = conn.execute(_RELEASE[column.name], _params(flight_id, booking.cabin, n))
             if result.first() is None:
@@ -152,12 +165,47 @@ class FlightInventory:
         rows = conn.execute(_LEGS, {"b_ids": list(flight_ids)})
         return {row.flight_id: Leg(*row) for row in rows}
 
-    def _take(self, conn: Connection, flight_id: str, booking: FlightBooking) -> int:
-        """Hold the booking's seats on one flight in one conditional UPDATE; return one seat's fare."""
+    async def seats_of(self, reservation_id: str) -> dict[str, list[str]]:
+        """The seats a reservation holds, per flight (none once it is cancelled or expired)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(_SEATS_OF, {"b_id": reservation_id})
+            seats: dict[str, list[str]] = {}
+            for row in rows:
+                seats.setdefault(row.flight_id, []).append(row.seat)
+        return seats
+
+    def _seat(self, conn: Connection, flight_id: str, capacity: int, booking: FlightBooking, rid: str) -> None:
+        """Pick the booking's seats on one flight and write them, after its count was taken.
+
+        The count's UPDATE holds the cabin's row lock, so seat choices on one flight are made one at a
+        time and see each other's; the (flight_id, seat) key is the last guard all the same.
+        """
+        taken = set(conn.execute(_TAKEN, {"b_flight": flight_id}).scalars())
+        if booking.seats:
+            if (invalid := not_in_cabin(flight_id, booking.cabin, capacity, booking.seats)) is not None:
+                raise invalid
+            clash = [seat for seat in booking.seats if seat in taken]
+            if clash:
+                raise SeatTakenError(
+                    f"seat {', '.join(clash)} on {flight_id} is taken; choose another or let us assign one",
+                    metadata={"flight_id": flight_id, "seat": clash[0], "seats": ",".join(clash)},
+                )
+            chosen = list(booking.seats)
+        else:
+            found = assign(booking.cabin, capacity, taken, booking.passenger_count)
+            if found is None:  # the count says there is room: seats and counts disagree
+                raise InventoryMismatchError(f"{flight_id}: fewer free seats than the cabin's count says")
+            chosen = found
+        cabin = booking.cabin.value
+        conn.execute(_SEAT, [{"flight_id": flight_id, "seat": s, "cabin": cabin, "reservation_id": rid} for s in chosen])
+
+    def _take(self, conn: Connection, flight_id: str, booking: FlightBooking) -> tuple[int, int]:
+        """Hold the booking's seats on one flight in one conditional UPDATE; one seat's fare and the cabin's
+        capacity."""
         params = _params(flight_id, booking.cabin, booking.passenger_count)
-        fare = conn.execute(_TAKE, params).scalar_one_or_none()
-        if fare is not None:
-            return int(fare)
+        taken = conn.execute(_TAKE, params).first()
+        if taken is not None:
+            return int(taken.fare_minor), int(taken.capacity)
         available = int(conn.execute(_LEFT, params).scalar_one_or_none() or 0)
         n = booking.passenger_count
         raise SoldOutError(

@@ -52,3 +52,15 @@ flight_cabins = Table(
     CheckConstraint("confirmed >= 0", name="confirmed_not_negative"),
     CheckConstraint("held + confirmed <= capacity", name="within_capacity"),
 )
+
+# One row per seat held or confirmed, written in the transaction that moves flight_cabins' counters:
+# the primary key (flight_id, seat) is what keeps two reservations from ever holding one seat.
+seat_assignments = Table(
+    "seat_assignments",
+    metadata,
+    Column("flight_id", String(32), ForeignKey("flights.flight_id"), primary_key=True),
+    Column("seat", String(4), primary_key=True),  # "12A"
+    Column("cabin", String(16), nullable=False),
+    Column("reservation_id", String(128), nullable=False),
+)
+Index("ix_seat_assignments_reservation_id", seat_assignments.c.reservation_id)

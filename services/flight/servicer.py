@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import grpc
 
 from services.flight import domain
 from services.flight.domain import Cabin, FlightBooking, FlightOffer
 from services.flight.inventory import FlightInventory
+from services.flight.seats import requested_seats
 from services.participant.convert import date_from_proto, date_to_proto, reservation_to_proto
 from services.participant.servicer import ParticipantServicer
+from services.participant.states import Record
 from services.participant.store import ReservationStore
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
@@ -52,6 +57,7 @@ class FlightServicer(ParticipantServicer[FlightBooking], flight_grpc.FlightServi
             CABIN_FROM_PROTO.get(request.cabin),
             request.passenger_count,
         )
+        booking = dataclasses.replace(booking, seats=requested_seats(request.seats, request.passenger_count))
         record = await self.store.reserve(request.reservation_id, booking)
         stored = FlightBooking.from_json(record.details)
         return flight_pb.FlightServiceReserveResponse(
@@ -59,7 +65,13 @@ class FlightServicer(ParticipantServicer[FlightBooking], flight_grpc.FlightServi
             flight_ids=list(stored.flight_ids),
             cabin=CABIN_TO_PROTO[stored.cabin],
             passenger_count=stored.passenger_count,
+            **(await self.describe(record)),
         )
+
+    async def describe(self, record: Record) -> dict[str, Any]:
+        """The seats the reservation holds, per flight, read from the seat assignments."""
+        seats = await self.inventory.seats_of(record.reservation_id)
+        return {"seats": [flight_pb.FlightSeats(flight_id=f, seats=s) for f, s in seats.items()]}
 
 
 def _flight_to_proto(offer: FlightOffer) -> flight_pb.Flight:

@@ -81,7 +81,7 @@ class HotelInventory:
     def to_json(self, details: HotelBooking) -> dict[str, Any]:
         return details.to_json()
 
-    def hold(self, conn: Connection, details: HotelBooking) -> Money:
+    def hold(self, conn: Connection, details: HotelBooking, reservation_id: str) -> Money:
         if conn.execute(_KNOWN, {"b_hotel": details.hotel_id}).first() is None:
             raise unknown_hotel(details.hotel_id)
         n = details.room_count

@@ -68,6 +68,13 @@ class PaymentDeclinedError(TripmeshError):
     reason = "CARD_DECLINED"
 
 
+class SeatTakenError(TripmeshError):
+    """A seat asked for by name is held by another reservation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "SEAT_TAKEN"
+
+
 class HoldExpiredError(TripmeshError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "HOLD_EXPIRED"

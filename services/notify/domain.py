@@ -118,7 +118,7 @@ class NotifyDomain:
     def to_json(self, details: MessageDetails) -> dict[str, Any]:
         return {"recipient": details.recipient, "subject": details.subject, "body": details.body}
 
-    def hold(self, conn: Connection, details: MessageDetails) -> Money:
+    def hold(self, conn: Connection, details: MessageDetails, reservation_id: str) -> Money:
         validate_message(details)
         return FREE
 

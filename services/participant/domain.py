@@ -29,8 +29,10 @@ class ParticipantDomain(Protocol[DetailsContraT]):
         """The details as stored with the reservation (and fingerprinted for P1)."""
         ...
 
-    def hold(self, conn: Connection, details: DetailsContraT) -> Money:
-        """Take capacity for the details and price them; raise InvalidRequestError, SoldOutError, ..."""
+    def hold(self, conn: Connection, details: DetailsContraT, reservation_id: str) -> Money:
+        """Take capacity for the details and price them; raise InvalidRequestError, SoldOutError, ...
+
+        `reservation_id` names what is taken where a service keeps it per reservation (flight seats)."""
         ...
 
     def confirm(self, conn: Connection, record: Record) -> None:

@@ -89,7 +89,7 @@ class ReservationStore(Generic[DetailsT]):
             existing = self._read(conn, reservation_id)
             decision = on_reserve(existing, fp, now)
             if decision is Decision.HOLD:
-                price = self.domain.hold(conn, details)
+                price = self.domain.hold(conn, details, reservation_id)
                 record = Record(
                     reservation_id,
                     Status.HELD,

@@ -184,7 +184,7 @@ class PaymentDomain:
             "currency": details.amount.currency,
         }
 
-    def hold(self, conn: Connection, details: PaymentDetails) -> Money:
+    def hold(self, conn: Connection, details: PaymentDetails, reservation_id: str) -> Money:
         validate_payment(details)
         check_method(details, _method_facts(conn, details.payment_method_id))
         params = {"b_method": details.payment_method_id, "b_amount": details.amount.minor_units}
