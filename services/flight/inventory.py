@@ -196,8 +196,8 @@ class FlightInventory:
             if found is None:  # the count says there is room: seats and counts disagree
                 raise InventoryMismatchError(f"{flight_id}: fewer free seats than the cabin's count says")
             chosen = found
-        cabin = booking.cabin.value
-        conn.execute(_SEAT, [{"flight_id": flight_id, "seat": s, "cabin": cabin, "reservation_id": rid} for s in chosen])
+        row = {"flight_id": flight_id, "cabin": booking.cabin.value, "reservation_id": rid}
+        conn.execute(_SEAT, [{**row, "seat": seat} for seat in chosen])
 
     def _take(self, conn: Connection, flight_id: str, booking: FlightBooking) -> tuple[int, int]:
         """Hold the booking's seats on one flight in one conditional UPDATE; one seat's fare and the cabin's
