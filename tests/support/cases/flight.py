@@ -26,6 +26,7 @@ def reserve(
     back: str = RETURN,
     cabin: int = flight_pb.CABIN_ECONOMY,
     passengers: int = 1,
+    seats: tuple[str, ...] = (),
 ) -> flight_pb.FlightServiceReserveRequest:
     return flight_pb.FlightServiceReserveRequest(
         reservation_id=reservation_id,
@@ -33,6 +34,7 @@ def reserve(
         return_flight_id=back,
         cabin=cabin,  # type: ignore[arg-type]
         passenger_count=passengers,
+        seats=seats,
     )
 
 
@@ -46,6 +48,9 @@ BAD_INPUTS = [
     BadInput("no cabin", lambda rid: reserve(rid, cabin=flight_pb.CABIN_UNSPECIFIED), "cabin"),
     BadInput("no outbound flight", lambda rid: reserve(rid, outbound=""), "outbound_flight_id"),
     BadInput("empty id", lambda _rid: reserve(""), "reservation_id"),
+    BadInput("a seat the cabin does not have", lambda rid: reserve(rid, seats=("2A",)), "seats"),
+    BadInput("a malformed seat", lambda rid: reserve(rid, seats=("window",)), "seats"),
+    BadInput("fewer seats than passengers", lambda rid: reserve(rid, passengers=2, seats=("12A",)), "seats"),
 ]
 
 REFUSALS = [
