@@ -18,6 +18,7 @@ from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 TRIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FLIGHT_ID = re.compile(r"^[A-Z0-9]{2,8}-(\d{4})(\d{2})(\d{2})$")
 EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+SEAT = re.compile(r"^[1-9][0-9]?[A-K]$")
 MAX_NIGHTS = 30
 MAX_CAR_DAYS = 30
 CAR_CLASSES = "CAR_CLASS_ECONOMY, CAR_CLASS_COMPACT, CAR_CLASS_MIDSIZE, CAR_CLASS_SUV or CAR_CLASS_LUXURY"
@@ -93,7 +94,13 @@ def _parse_flight(request: trip_pb.BookTripRequest, bad: _Bad) -> FlightPart | N
         bad("flight.cabin", "must be CABIN_ECONOMY, CABIN_PREMIUM_ECONOMY or CABIN_BUSINESS")
     if not 1 <= flight.passenger_count <= 9:
         bad("flight.passenger_count", f"must be between 1 and 9, got {flight.passenger_count}")
-    return FlightPart(flight.outbound_flight_id, flight.return_flight_id, int(flight.cabin), flight.passenger_count)
+    seats = tuple(seat.strip().upper() for seat in flight.seats)
+    if seats and len(seats) != flight.passenger_count:
+        bad("flight.seats", f"one seat per passenger: {flight.passenger_count} wanted, got {len(seats)}")
+    elif any(not SEAT.match(seat) for seat in seats) or len(set(seats)) != len(seats):
+        bad("flight.seats", "each seat once, as a row and a letter, like 12A")
+    cabin, count = int(flight.cabin), flight.passenger_count
+    return FlightPart(flight.outbound_flight_id, flight.return_flight_id, cabin, count, tuple(sorted(seats)))
 
 
 def _parse_hotel(hotel: trip_pb.TripHotel, bad: _Bad) -> HotelPart | None:

@@ -146,14 +146,14 @@ class Participants:
         except grpc.aio.AioRpcError as error:
             return classify(error)
         reservation = response.reservation
-        return Outcome(
-            OutcomeKind.OK,
-            result={
-                "price_minor": reservation.price.minor_units,
-                "currency": reservation.price.currency_code,
-                "status": reservation.status,
-            },
-        )
+        result = {
+            "price_minor": reservation.price.minor_units,
+            "currency": reservation.price.currency_code,
+            "status": reservation.status,
+        }
+        if getattr(response, "seats", None):  # the flight's seats, per flight
+            result["seats"] = {s.flight_id: list(s.seats) for s in response.seats}
+        return Outcome(OutcomeKind.OK, result=result)
 
     async def close(self) -> None:
         for channel in self._channels.values():

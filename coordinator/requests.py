@@ -64,6 +64,7 @@ def build_request(saga: SagaDefinition, trip: Trip, step_name: str) -> Any:
             return_flight_id=request.flight.return_flight_id,
             cabin=request.flight.cabin,  # type: ignore[arg-type]
             passenger_count=request.flight.passenger_count,
+            seats=request.flight.seats,
         )
     if participant == "hotel":
         hotel = request.hotel

@@ -46,6 +46,7 @@ class FlightPart:
     return_flight_id: str
     cabin: int
     passenger_count: int
+    seats: tuple[str, ...] = ()  # named seats ("12A"), one per passenger; empty: the flight assigns them
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class TripRequest:
         data = asdict(self)
         if self.car is None:
             del data["car"]
+        if self.flight.seats:
+            data["flight"]["seats"] = list(self.flight.seats)
+        else:
+            del data["flight"]["seats"]
         return data
 
     @classmethod
@@ -89,7 +94,7 @@ class TripRequest:
         hotel, car = data.get("hotel"), data.get("car")
         return cls(
             **{k: v for k, v in data.items() if k not in ("flight", "hotel", "car")},
-            flight=FlightPart(**data["flight"]),
+            flight=FlightPart(**{**data["flight"], "seats": tuple(data["flight"].get("seats", ()))}),
             hotel=HotelPart(**hotel) if hotel else None,
             car=CarPart(**car) if car else None,
         )

@@ -11,6 +11,7 @@ from coordinator.requests import date_message, reservation_id, trip_total
 from coordinator.saga import SAGAS, SagaDefinition, definition_label
 from coordinator.trip import Action, Step, StepStatus, Trip, TripRequest
 from tripmesh.v1 import common_pb2 as common_pb
+from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 
 _STEP_STATUS = {
@@ -58,6 +59,10 @@ def trip_to_proto(saga: SagaDefinition, trip: Trip, known: Mapping[int, SagaDefi
                     currency_code=str(reserve.result.get("currency", trip.request.currency)),
                     minor_units=int(reserve.result.get("price_minor", 0)),
                 ),
+                seats=[
+                    flight_pb.FlightSeats(flight_id=flight_id, seats=seats)
+                    for flight_id, seats in dict(reserve.result.get("seats", {})).items()
+                ],
             )
         )
     message.steps.extend(step_to_proto(saga, trip.trip_id, step) for step in trip.ordered_steps())
@@ -108,6 +113,7 @@ def request_to_proto(request: TripRequest) -> trip_pb.BookTripRequest:
             return_flight_id=request.flight.return_flight_id,
             cabin=request.flight.cabin,  # type: ignore[arg-type]
             passenger_count=request.flight.passenger_count,
+            seats=request.flight.seats,
         ),
         payment_method_id=request.payment_method_id,
         currency_code=request.currency,

@@ -109,3 +109,31 @@ async def test_a_bad_car_is_refused_before_anything_is_written(mesh: Mesh, build
     assert all(field in details for field in fields), details
     async with mesh.coordinator.db.connect() as conn:
         assert (await conn.execute(text("SELECT COUNT(*) FROM trips"))).scalar_one() == 0
+
+
+async def test_seats_asked_for_in_the_trip_are_held_and_shown(mesh: Mesh) -> None:
+    request = booking(car=car())
+    request.flight.seats.extend(["21c", "21D"])
+    trip = (await mesh.stub.BookTrip(request, timeout=30)).trip
+    assert trip.state == common_pb.TRIP_STATE_CONFIRMED, trip.failure_reason
+    flight = next(r for r in trip.reservations if r.participant == "flight")
+    assert {s.flight_id: list(s.seats) for s in flight.seats} == {
+        "TM101-20270315": ["21C", "21D"],
+        "TM102-20270322": ["21C", "21D"],
+    }
+    assert list(trip.request.flight.seats) == ["21C", "21D"]
+
+    # the same seats for another trip: the flight refuses them by name and the rest is undone
+    other = booking(car=car())
+    other.flight.seats.extend(["21D", "21E"])
+    refused = (await mesh.stub.BookTrip(other, timeout=30)).trip
+    assert refused.state == common_pb.TRIP_STATE_CANCELLED
+    assert "SEAT_TAKEN" in refused.failure_reason and "21D" in refused.failure_reason
+    assert {"hotel.cancel", "car.cancel"} <= set(step_names(refused))
+
+    bad = booking()
+    bad.flight.seats.append("21A")  # two passengers, one seat
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        await mesh.stub.BookTrip(bad, timeout=10)
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "flight.seats" in (invalid.value.details() or "")
