@@ -70,7 +70,7 @@ EVERY_STEP = {
     "flight.reserve", "hotel.reserve", "payment.reserve", "notify.reserve",
     "flight.confirm", "hotel.confirm", "payment.confirm", "notify.confirm",
 }  # fmt: skip
-DATABASES = {"coordinator", "flight", "hotel", "payment", "notify"}
+DATABASES = {"coordinator", "flight", "hotel", "payment", "notify", "car"}
 
 
 # --- the README, parsed ---------------------------------------------------------------------------

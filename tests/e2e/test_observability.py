@@ -112,7 +112,7 @@ def test_metrics_and_one_trace_per_trip_from_the_real_processes(tmp_path: Path) 
     }
     try:
         with tripmesh_up(tmp_path, extra_env=env) as mesh:
-            assert set(mesh.metrics) == {"coordinator", "flight", "hotel", "payment", "notify"}, mesh.output()
+            assert set(mesh.metrics) == {"coordinator", "flight", "hotel", "payment", "notify", "car"}, mesh.output()
             assert f"tracing: OTLP to http://127.0.0.1:{otlp_port}" in mesh.stdout()
             with grpc.insecure_channel(mesh.address("coordinator")) as channel:
                 stub = trip_grpc.TripCoordinatorStub(channel)

@@ -194,7 +194,8 @@ def tls_examples() -> list[str]:
 def test_the_readme_grpcurl_commands_with_client_certificates_work(mesh: RunningMesh) -> None:
     examples = tls_examples()
     assert len(examples) >= 3, "README.md's Security section shows grpcurl with -cacert/-cert/-key"
-    ports = {"50050": "coordinator", "50051": "flight", "50052": "hotel", "50053": "payment", "50054": "notify"}
+    ports = {"50050": "coordinator", "50051": "flight", "50052": "hotel", "50053": "payment", "50054": "notify",
+             "50055": "car"}  # fmt: skip
     outcomes = []
     for example in examples:
         command = re.sub(r"localhost:(5005\d)", lambda m: mesh.address(ports[m[1]]), example)

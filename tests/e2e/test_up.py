@@ -108,12 +108,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 def test_up_starts_everything_and_sigint_stops_everything(up: Up) -> None:
     table = up.wait_until_up()
-    assert list(table) == ["coordinator", "smtp-sink", "flight", "hotel", "payment", "notify", "dashboard"]
+    assert list(table) == ["coordinator", "smtp-sink", "flight", "hotel", "payment", "notify", "car", "dashboard"]
     assert table["coordinator"][0] == f"127.0.0.1:{up.env['TRIPMESH_COORDINATOR_PORT']}"
     assert table["flight"][1] == str(up.var_dir / "flight.db")
     assert table["smtp-sink"][1] == str(up.var_dir / "mail") + "/"
     assert (up.var_dir / "mail").is_dir()
-    for service in ("coordinator", "flight", "hotel", "payment", "notify"):
+    for service in ("coordinator", "flight", "hotel", "payment", "notify", "car"):
         assert grpc_serving(table[service][0]), service
     assert "grpcurl -plaintext" in up.stdout.read_text()
     dashboard = f"http://127.0.0.1:{up.env['TRIPMESH_DASHBOARD_PORT']}/"
@@ -125,7 +125,7 @@ def test_up_starts_everything_and_sigint_stops_everything(up: Up) -> None:
     assert up.process.wait(timeout=30) == 0, up.output()
     pids = [pid for _, _, pid in table.values()]
     assert not [pid for pid in pids if alive(pid)], up.output()
-    assert "stopped (smtp-sink 0, flight 0, hotel 0, payment 0, notify 0, coordinator 0, dashboard 0)" in (
+    assert "stopped (smtp-sink 0, flight 0, hotel 0, payment 0, notify 0, car 0, coordinator 0, dashboard 0)" in (
         up.stderr.read_text()
     )
 
