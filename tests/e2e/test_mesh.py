@@ -49,7 +49,7 @@ pytestmark = pytest.mark.e2e
 
 README = REPO / "README.md"
 GRPCURL = ".venv/bin/grpcurl"
-README_ADDRESS = re.compile(r"localhost:(?P<port>5005[0-4])")
+README_ADDRESS = re.compile(r"localhost:(?P<port>5005[0-5])")
 CLI_TRIP = "e2e-cli-book"  # the --trip-id added to the README's `tripmesh book`
 
 # Every grpcurl example of the README, in its order: "<method> <trip id or state>".
@@ -57,8 +57,10 @@ GRPCURL_EXAMPLES = [
     "list",
     "describe",
     "SearchFlights",
+    "SearchCars",
     "BookTrip ada-lisbon-1",
     "GetTrip ada-lisbon-1",
+    "BookTrip ada-lisbon-car",
     "BookTrip ada-vienna-sold-out",
     "BookTrip ada-lisbon-declined",
     "GetTrip ada-lisbon-declined",
@@ -281,6 +283,32 @@ def check_search_flights(runs: Runs, _mesh: RunningMesh) -> None:
         assert all(int(c["fare"]["minor_units"]) > 0 and c["seats_available"] >= 2 for c in found["cabins"])
 
 
+def check_search_cars(runs: Runs, _mesh: RunningMesh) -> None:
+    result = runs["SearchCars"]
+    assert result.returncode == 0, described(result)
+    found = json.loads(result.stdout)
+    assert found["city"] == "Lisbon"
+    assert [c["car_class"] for c in found["cars"]] == [
+        "CAR_CLASS_ECONOMY", "CAR_CLASS_COMPACT", "CAR_CLASS_MIDSIZE", "CAR_CLASS_SUV", "CAR_CLASS_LUXURY"
+    ]  # fmt: skip
+    assert all(int(c["total"]["minor_units"]) == 7 * int(c["daily_rate"]["minor_units"]) for c in found["cars"])
+
+
+def check_booking_with_a_car(runs: Runs, _mesh: RunningMesh) -> None:
+    trip = trip_of(runs["BookTrip ada-lisbon-car"])
+    assert trip["state"] == "TRIP_STATE_CONFIRMED", trip.get("failure_reason")
+    assert trip["definition_version"] == "trip/2" and trip["definition_known"]
+    parts = {r["participant"]: r for r in trip["reservations"]}
+    prices = {name: int(r["price"].get("minor_units", 0)) for name, r in parts.items()}
+    assert prices["car"] == 3 * 4900
+    assert int(trip["total"]["minor_units"]) == prices["flight"] + prices["car"] == prices["payment"]
+    assert {s["flight_id"]: s["seats"] for s in parts["flight"]["seats"]} == {
+        "TM101-20270315": ["14A", "14C"],
+        "TM102-20270322": ["14A", "14C"],
+    }
+    assert {"car.reserve", "car.confirm"} <= set(steps_by_name(trip))
+
+
 def check_confirmed_booking(runs: Runs, mesh: RunningMesh) -> None:
     trip = trip_of(runs["BookTrip ada-lisbon-1"])
     assert trip["state"] == "TRIP_STATE_CONFIRMED", trip.get("failure_reason")
@@ -405,8 +433,10 @@ CHECKS: dict[str, Callable[[Runs, RunningMesh], None]] = {
     "list": check_list,
     "describe": check_describe,
     "SearchFlights": check_search_flights,
+    "SearchCars": check_search_cars,
     "BookTrip ada-lisbon-1": check_confirmed_booking,
     "GetTrip ada-lisbon-1": check_get_confirmed,
+    "BookTrip ada-lisbon-car": check_booking_with_a_car,
     "BookTrip ada-vienna-sold-out": check_sold_out,
     "BookTrip ada-lisbon-declined": check_booked_declined,
     "GetTrip ada-lisbon-declined": check_get_declined,
@@ -507,6 +537,7 @@ async def test_every_database_agrees_with_what_was_booked(
             trips = (await conn.execute(text("SELECT trip_id, state, request FROM trips"))).all()
         assert {t.trip_id: t.state for t in trips} == {
             "ada-lisbon-1": "CONFIRMED",
+            "ada-lisbon-car": "CONFIRMED",
             snippet_run[0]: "CONFIRMED",
             CLI_TRIP: "CONFIRMED",
             "ada-vienna-sold-out": "CANCELLED",
