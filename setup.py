@@ -36,6 +36,7 @@ setup(
         "services.hotel": ["*.json", "migrations/versions/*.py"],
         "services.payment": ["migrations/versions/*.py"],
         "services.notify": ["migrations/versions/*.py"],
+        "services.car": ["migrations/versions/*.py"],
         "coordinator": ["migrations/versions/*.py"],
     },
     cmdclass={"build_py": BuildWithStubs},

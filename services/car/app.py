@@ -1,4 +1,5 @@
-"""The car participant as the shared runner starts it: tables, fleet, inventory, servicer."""
+"""The car participant as the shared runner starts it: tables, inventory, servicer (its migrations and
+fleet seed are services/kit/migrate.py's)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.car import models
-from services.car.catalogue import seed_catalogue
 from services.car.domain import CarRental
 from services.car.inventory import CarInventory
 from services.car.servicer import CarServicer
@@ -34,5 +34,4 @@ SPEC = ParticipantSpec(
     register=car_grpc.add_CarServiceServicer_to_server,
     make_domain=_make_inventory,
     make_servicer=_make_servicer,
-    seed=seed_catalogue,
 )

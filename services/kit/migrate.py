@@ -6,6 +6,7 @@ Each kind of database has its own migration tree beside its models:
     services/hotel/migrations/versions/...                                (hotel)
     services/payment/migrations/versions/...                              (payment)
     services/notify/migrations/versions/...                               (notify)
+    services/car/migrations/versions/...                                  (car)
     coordinator/migrations/versions/...                                   (coordinator: the step log)
 
 Revision ids are `NNNN_<what>`; a new revision takes the next number and names the previous head as
@@ -77,6 +78,7 @@ KINDS = {
         Kind("hotel", "services.hotel", "services.hotel.models", "services.hotel.catalogue:seed_catalogue"),
         Kind("payment", "services.payment", "services.payment.models", "services.payment.seed:seed"),
         Kind("notify", "services.notify", "services.notify.models"),
+        Kind("car", "services.car", "services.car.models", "services.car.catalogue:seed_catalogue"),
         Kind("coordinator", "coordinator", "coordinator.models", first_table="trips"),
     )
 }

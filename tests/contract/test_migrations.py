@@ -72,6 +72,14 @@ ROWS: dict[str, tuple[list[str], str]] = {
         "SELECT r.reservation_id, r.status, o.recipient, o.state FROM reservations r JOIN outbox o"
         " ON o.reservation_id = r.reservation_id",
     ),
+    "car": (
+        [
+            RESERVATION.format(rid="t1/car", status="HELD"),
+            "UPDATE car_days SET held = 1 WHERE city = 'Lisbon' AND car_class = 'SUV' AND day = '2027-03-15'",
+        ],
+        "SELECT r.reservation_id, r.status, d.held FROM reservations r, car_days d"
+        " WHERE d.city = 'Lisbon' AND d.car_class = 'SUV' AND d.day = '2027-03-15'",
+    ),
     "coordinator": (
         [
             "INSERT INTO trips (trip_id, state, fingerprint, request, customer_id, definition_version,"
@@ -87,7 +95,7 @@ ROWS: dict[str, tuple[list[str], str]] = {
 # A write the revision-2 CHECK refuses, per kind.
 UNKNOWN_STATE = {
     "coordinator": "UPDATE trips SET state = 'LOST' WHERE trip_id = 't1'",
-    **{name: "UPDATE reservations SET status = 'LIMBO'" for name in ("flight", "hotel", "payment", "notify")},
+    **{name: "UPDATE reservations SET status = 'LIMBO'" for name in ("flight", "hotel", "payment", "notify", "car")},
 }
 
 
