@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from tests.support.processes import RunningMesh, tripmesh_up
 from tripmesh.v1 import (
+    car_service_pb2,
     flight_service_pb2,
     hotel_service_pb2,
     notification_service_pb2,
@@ -49,6 +50,7 @@ SERVICES = {
     "hotel": hotel_service_pb2.DESCRIPTOR.services_by_name["HotelService"],
     "payment": payment_service_pb2.DESCRIPTOR.services_by_name["PaymentService"],
     "notify": notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"],
+    "car": car_service_pb2.DESCRIPTOR.services_by_name["CarService"],
 }
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -151,7 +153,7 @@ class Databases:
             path.stem: stack.enter_context(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
             for path in sorted(var_dir.glob("*.db"))
         }
-        assert len(self.connections) == 5, sorted(self.connections)
+        assert len(self.connections) == 6, sorted(self.connections)
 
     def versions(self) -> dict[str, int]:
         return {name: conn.execute("PRAGMA data_version").fetchone()[0] for name, conn in self.connections.items()}

@@ -33,6 +33,8 @@ from services.kit.certs import issue
 from services.kit.status import error_info
 from services.kit.tls import TlsFiles
 from tests.support.processes import REPO, RunningMesh, tripmesh_command, tripmesh_up
+from tripmesh.v1 import car_service_pb2 as car_pb
+from tripmesh.v1 import car_service_pb2_grpc as car_grpc
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import flight_service_pb2_grpc as flight_grpc
@@ -154,7 +156,7 @@ def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.Com
 
 def test_the_mesh_says_it_runs_mutual_tls(mesh: RunningMesh) -> None:
     assert "transport: mutual TLS" in mesh.stdout(), mesh.output()
-    assert mesh.stderr().count("mutual_tls") == 5, mesh.output()
+    assert mesh.stderr().count("mutual_tls") == 6, mesh.output()
     assert "plaintext" not in mesh.stderr().lower()
 
 
@@ -275,12 +277,20 @@ def participant_calls() -> list[tuple[str, Callable[[grpc.Channel], Any]]]:
     notify = notify_pb.NotificationServiceReserveRequest(
         reservation_id=rid.format("notify"), recipient="ada@example.com", subject="s", body="b"
     )
+    car = car_pb.CarServiceReserveRequest(
+        reservation_id=rid.format("car"),
+        city="Lisbon",
+        car_class=1,
+        pick_up_date=common_pb.Date(year=2027, month=3, day=15),
+        drop_off_date=common_pb.Date(year=2027, month=3, day=16),
+    )
     calls: list[tuple[str, Callable[[grpc.Channel], Any]]] = []
     for component, stub, reserve, prefix, module in (
         ("flight", flight_grpc.FlightServiceStub, flight, "FlightService", flight_pb),
         ("hotel", hotel_grpc.HotelServiceStub, hotel, "HotelService", hotel_pb),
         ("payment", payment_grpc.PaymentServiceStub, payment, "PaymentService", payment_pb),
         ("notify", notify_grpc.NotificationServiceStub, notify, "NotificationService", notify_pb),
+        ("car", car_grpc.CarServiceStub, car, "CarService", car_pb),
     ):
         confirm = getattr(module, f"{prefix}ConfirmRequest")(reservation_id=rid.format(component))
         cancel = getattr(module, f"{prefix}CancelRequest")(reservation_id=rid.format(component))
@@ -301,7 +311,7 @@ def test_only_the_coordinator_may_reserve_confirm_or_cancel(mesh: RunningMesh, i
             except grpc.RpcError as error:
                 info = error_info(error)
                 denied[label] = (error.code(), info.reason if info else "", error.details())
-    assert len(denied) == 12, denied
+    assert len(denied) == 15, denied
     for label, (code, reason, message) in denied.items():
         assert code == grpc.StatusCode.PERMISSION_DENIED and reason == "CALLER_NOT_ALLOWED", (label, message)
         assert f"spiffe://tripmesh/{identity}" in message and "coordinator" in message
