@@ -129,10 +129,10 @@ def test_the_demo_passes_in_bounded_time_and_leaves_no_process(demo_run: DemoRun
         "0 orphaned holds, 0 violations"
     ], demo_run.described()
     assert f"tripmesh demo: {TRIPS} trips, 8 at a time, seed {SEED}" in demo_run.stdout
-    assert re.search(r"^mesh stopped \(smtp-sink 0, flight 0, hotel 0, payment 0, notify 0, coordinator 0\)$",
+    assert re.search(r"^mesh stopped \(smtp-sink 0, flight 0, hotel 0, payment 0, notify 0, car 0, coordinator 0\)$",
                      demo_run.stdout, re.M), demo_run.described()  # fmt: skip
     pids = [int(row[-1]) for row in table_after(demo_run.stdout, "service      address")]
-    assert len(pids) == 6, demo_run.described()
+    assert len(pids) == 7, demo_run.described()
     assert processes_using(demo_run.var_dir) == []
 
 
@@ -195,7 +195,7 @@ def test_the_mesh_stops_coordinator_first_then_participants_then_the_sink(demo_r
     participants_stopped = [t for name in PARTICIPANTS for t in _log_times(logs / f"{name}.log", "stopped")]
     sink_stopped = _log_times(logs / "smtp-sink.log", "smtp_sink_stopped")
     assert len(coordinator_stopped) == 1 and len(sink_stopped) == 1
-    assert len(participants_stopping) == len(participants_stopped) == 4
+    assert len(participants_stopping) == len(participants_stopped) == len(PARTICIPANTS)
     assert coordinator_stopped[0] <= min(participants_stopping)
     assert max(participants_stopped) <= sink_stopped[0]
 
