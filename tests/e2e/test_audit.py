@@ -67,7 +67,9 @@ def test_a_clean_mesh_passes_and_nothing_is_written(var_copy: Path) -> None:
     result = audit(var_copy)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == (f"audit (read-only) of {var_copy}/: coordinator.db, flight.db, hotel.db, payment.db, notify.db, car.db")
+    assert lines[0] == (
+        f"audit (read-only) of {var_copy}/: coordinator.db, flight.db, hotel.db, payment.db, notify.db, car.db"
+    )
     assert lines[2].startswith("8 trips: ") and "CONFIRMED" in lines[2] and "CANCELLED" in lines[2]
     assert "orphaned holds: 0" in lines
     assert lines[-1].startswith("OK    no violation of I1-I6 (8 trips, ")
