@@ -37,6 +37,7 @@ from coordinator.launcher import Launcher, LaunchError
 from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving, tcp_open
 from tests.support.databases import run_sync
+from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-PARTICIPANTS = ("flight", "hotel", "payment", "notify")
+PARTICIPANTS = ("flight", "hotel", "payment", "notify", "car")
 REPLICAS = ("coordinator-1", "coordinator-2")
 TRIPMESH = {"migrate", *PARTICIPANTS, *REPLICAS, "dashboard"}
 EXTERNAL = {"postgres", "mail"}  # images not built from this repository
@@ -141,7 +142,7 @@ def test_compose_starts_each_service_once_what_it_needs_is_ready() -> None:
     assert start_levels(services) == [
         ["mail", "postgres"],
         ["migrate"],
-        ["flight", "hotel", "notify", "payment"],
+        ["car", "flight", "hotel", "notify", "payment"],
         ["coordinator-1"],
         ["coordinator-2", "dashboard"],
     ]
@@ -163,7 +164,7 @@ def test_compose_wires_the_replicas_to_every_participant_and_publishes_what_peop
     services = load_compose()["services"]
     for replica in REPLICAS:
         env = environment(services[replica])
-        for port, name in enumerate(PARTICIPANTS, start=50051):
+        for port, name in enumerate(PARTICIPANTS, start=50051):  # flight 50051 ... car 50055
             assert env[f"TRIPMESH_COORDINATOR_{name.upper()}_ADDRESS"] == f"{name}:{port}"
     assert environment(services["notify"])["TRIPMESH_NOTIFY_SMTP_HOST"] == "mail"
     assert environment(services["notify"])["TRIPMESH_NOTIFY_SMTP_PORT"] == "1025"
@@ -359,6 +360,7 @@ def test_every_compose_healthcheck_passes(local_mesh: LocalMesh) -> None:
 
 
 def lisbon_trip(trip_id: str, day: int) -> trip_pb.BookTripRequest:
+    """Flight, hotel and a car (the fifth participant): every participant's database gets a reservation."""
     return trip_pb.BookTripRequest(
         trip_id=trip_id,
         customer=trip_pb.Customer(customer_id="cust-ada", email="ada@example.com", name="Ada"),
@@ -371,6 +373,12 @@ def lisbon_trip(trip_id: str, day: int) -> trip_pb.BookTripRequest:
             check_in=common_pb.Date(year=2027, month=3, day=day),
             check_out=common_pb.Date(year=2027, month=3, day=day + 2),
             room_count=1,
+        ),
+        car=trip_pb.TripCar(
+            city="Lisbon",
+            car_class=car_pb.CAR_CLASS_COMPACT,
+            pick_up_date=common_pb.Date(year=2027, month=3, day=day),
+            drop_off_date=common_pb.Date(year=2027, month=3, day=day + 2),
         ),
         payment_method_id="pm_ada_visa",
         currency_code="EUR",
