@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -23,7 +22,7 @@ from services.kit.db import make_engine
 from services.kit.metrics import Metrics
 from services.kit.migrate import prepare
 from services.kit.server import BuiltServer, ServiceBinding, build_server
-from services.kit.tracing import Tracing
+from services.kit.tracing import Tracing, shut_down
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
 
@@ -61,10 +60,7 @@ class RunningCoordinator:
         await self.store.close()
         await self.participants.close()
         await self.db.dispose()
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans
+        await shut_down(self.metrics, self.tracing)
 
 
 async def start_coordinator(

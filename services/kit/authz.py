@@ -15,13 +15,14 @@ With TLS off there is no identity to check: plaintext is for the local demo only
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from services.kit.certs import COORDINATOR, identity_uri
 from services.kit.errors import PermissionDeniedError
+from services.kit.wrapping import check_first
 
 COORDINATOR_ONLY_METHODS = frozenset({"Reserve", "Confirm", "Cancel"})
 
@@ -56,7 +57,7 @@ class CoordinatorOnly(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or method.rsplit("/", 1)[-1] not in COORDINATOR_ONLY_METHODS:
             return handler
 
-        def check(context: grpc.aio.ServicerContext) -> None:
+        def check(_request: Any, context: grpc.aio.ServicerContext) -> None:
             identity = peer_identity(context)
             if not allowed(identity, method):
                 raise PermissionDeniedError(
@@ -65,29 +66,4 @@ class CoordinatorOnly(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     metadata={"caller": identity or ""},
                 )
 
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                check(context)
-                return await unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
-
-            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                check(context)
-                async for item in stream(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                guarded_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return check_first(handler, check)

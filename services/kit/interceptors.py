@@ -19,6 +19,7 @@ import structlog
 from services.kit.db import is_retriable
 from services.kit.errors import TransientError, TripmeshError
 from services.kit.status import to_grpc_status
+from services.kit.wrapping import rewrap
 
 TRIP_ID_METADATA = "tripmesh-trip-id"
 
@@ -46,19 +47,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         trip_id = _trip_id(details.invocation_metadata)
         if trip_id:
             context_vars["trip_id"] = trip_id
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, context_vars),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, context_vars),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler,
+            unary=lambda behaviour: self._wrap_unary(behaviour, context_vars),
+            stream=lambda behaviour: self._wrap_stream(behaviour, context_vars),
+        )
 
     def _wrap_unary(self, behaviour: Any, context_vars: dict[str, str]) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

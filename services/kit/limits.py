@@ -17,7 +17,7 @@ RESOURCE_EXHAUSTED before a byte of it is parsed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from services.kit.errors import FieldViolation, InvalidRequestError
 from services.kit.redact import looks_like_card_number
+from services.kit.wrapping import check_first
 
 DEFAULT_MAX_STRING = 256
 DEFAULT_MAX_ITEMS = 64
@@ -114,26 +115,8 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
-        deserializer = _safe_deserializer(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def guarded_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                check_request(request)
-                return await unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                guarded_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
-
-            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                check_request(request)
-                async for item in stream(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                guarded_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-        return handler
+        return check_first(
+            handler,
+            lambda request, _context: check_request(request),
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+        )

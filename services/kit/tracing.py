@@ -15,6 +15,7 @@ W3C `traceparent` metadata, so one trip is one trace across the coordinator and 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
+
+    from services.kit.metrics import Metrics
 
 TRIP_ID_ATTRIBUTE = "tripmesh.trip_id"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -121,3 +124,11 @@ def _tag_stream(behaviour: Behaviour, trip_id: str) -> Behaviour:
             yield item
 
     return wrapped
+
+
+async def shut_down(metrics: Metrics | None, tracing: Tracing | None) -> None:
+    """Stop serving a process's metrics and flush its last spans (the flush may wait on the network)."""
+    if metrics is not None:
+        metrics.close()
+    if tracing is not None:
+        await asyncio.to_thread(tracing.shutdown)

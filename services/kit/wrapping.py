@@ -7,7 +7,7 @@ the shapes tripmesh serves are wrapped: unary-unary and unary-stream (WatchTrip)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -15,23 +15,57 @@ import grpc
 Behaviour = Callable[..., Any]
 
 
-def rewrap(handler: Any, *, unary: Callable[[Behaviour], Behaviour], stream: Callable[[Behaviour], Behaviour]) -> Any:
-    """`handler` with its unary-unary behaviour wrapped by `unary`, or its unary-stream one by `stream`."""
+def rewrap(
+    handler: Any,
+    *,
+    unary: Callable[[Behaviour], Behaviour],
+    stream: Callable[[Behaviour], Behaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Any:
+    """`handler` with its unary-unary behaviour wrapped by `unary`, or its unary-stream one by `stream`
+    (and, if given, another request deserializer)."""
     if handler is None:
         return None
+    deserializer = request_deserializer or handler.request_deserializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             stream(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+def check_first(
+    handler: Any,
+    check: Callable[[Any, grpc.aio.ServicerContext], None],
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Any:
+    """`handler` with `check(request, context)` run before its behaviour; a check raises to refuse."""
+
+    def unary(behaviour: Behaviour) -> Behaviour:
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            check(request, context)
+            return await behaviour(request, context)
+
+        return checked
+
+    def stream(behaviour: Behaviour) -> Behaviour:
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            check(request, context)
+            async for item in behaviour(request, context):
+                yield item
+
+        return checked
+
+    return rewrap(handler, unary=unary, stream=stream, request_deserializer=request_deserializer)
 
 
 def split_method(full_method: str) -> tuple[str, str]:

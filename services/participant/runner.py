@@ -22,7 +22,7 @@ from services.kit.metrics import DbGauge, Metrics, MetricsSettings
 from services.kit.migrate import prepare
 from services.kit.server import BuiltServer, ServiceBinding, build_server, serve_until_signalled
 from services.kit.settings import ServiceSettings, env_bool, env_float
-from services.kit.tracing import Tracing
+from services.kit.tracing import Tracing, shut_down
 from services.participant.domain import ParticipantDomain
 from services.participant.states import Status
 from services.participant.store import ReservationStore
@@ -63,10 +63,11 @@ class RunningParticipant:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.built.stop(grace)
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.shutdown)
+        await self.close()
+
+    async def close(self) -> None:
+        """Everything but the server: metrics, the last spans, the databases."""
+        await shut_down(self.metrics, self.tracing)
         await self.dispose()
 
     async def dispose(self) -> None:
@@ -164,14 +165,7 @@ async def _serve(spec: ParticipantSpec) -> None:
         tracing=tracing is not None,
     )
 
-    async def close() -> None:
-        if metrics is not None:
-            metrics.close()
-        if tracing is not None:
-            await asyncio.to_thread(tracing.shutdown)  # flushes the last spans; may wait on the network
-        await running.dispose()
-
-    await serve_until_signalled(running.built, grace_seconds=settings.grace_seconds, on_stop=close)
+    await serve_until_signalled(running.built, grace_seconds=settings.grace_seconds, on_stop=running.close)
 
 
 def run_participant(spec: ParticipantSpec) -> None:
