@@ -115,6 +115,27 @@ class TripNotRetriableError(TripmeshError):
     reason = "TRIP_NOT_RETRIABLE"
 
 
+class TripNotChangeableError(TripmeshError):
+    """ChangeTrip of a trip that is not CONFIRMED."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "TRIP_NOT_CHANGEABLE"
+
+
+class ChangeConflictError(TripmeshError):
+    """A change id known for the trip with a different change."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "CHANGE_CONFLICT"
+
+
+class TripNotCancellableError(TripmeshError):
+    """CancelTrip of a trip that is neither CONFIRMED nor cancelled already."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "TRIP_NOT_CANCELLABLE"
+
+
 class DefinitionUnknownError(TripmeshError):
     """A trip started under a saga definition version this coordinator cannot drive."""
 
