@@ -23,8 +23,9 @@ like a hold without a trip.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ PARTICIPANTS = tuple(CONSERVATION)
 TERMINAL = ("CONFIRMED", "CANCELLED", "NEEDS_ATTENTION")
 OPTIONAL_PARTS = ("hotel", "car")
 PRICED_PARTS = ("flight", "hotel", "car")  # what the payment captures is their sum
-LIVE_STATUSES = ("HELD", "CONFIRMED")  # a reservation that holds something (a seat, a room, money)
+LIVE_STATUSES = ("HELD", "CONFIRMED")
 MISSING = "missing"
 
 
@@ -64,11 +65,17 @@ class Reservation:
     reservation_id: str
     status: str
     price_minor: int
+    refund: bool = False  # a payment reservation that pays money back (drawn on the trip's charges)
 
     @property
     def trip_id(self) -> str:
-        """The coordinator names reservations "{trip_id}/{participant}"."""
+        """The coordinator names reservations "{trip_id}/{participant}" (revision r: "...{participant}.r")."""
         return self.reservation_id.rsplit("/", 1)[0]
+
+    @property
+    def revision(self) -> int:
+        _, _, revision = self.reservation_id.rsplit("/", 1)[1].partition(".")
+        return int(revision) if revision.isdigit() else 1
 
 
 @dataclass(frozen=True)
@@ -109,18 +116,50 @@ class _Trip:
     state: str
     failure_reason: str
     definition_version: int = 0
+    operations: tuple[dict[str, Any], ...] = ()
+
+    def live_revisions(self) -> dict[str, int | None]:
+        """Which revision of each priced part the booked trip holds: 1 (the booking's) unless an applied
+        change replaced it (its revision) or dropped it (None)."""
+        live: dict[str, int | None] = dict.fromkeys(PRICED_PARTS, 1)
+        for op in self.operations:
+            if op.get("kind") == "CHANGE" and op.get("outcome") == "APPLIED":
+                live.update(dict.fromkeys(op.get("dropped", ()), None))
+                live.update(dict.fromkeys(op.get("parts", ()), int(op["revision"])))
+        return live
+
+    @property
+    def fee_kept(self) -> int:
+        """What a cancellation by the customer kept (the fare rules' fee); 0 for any other trip."""
+        return sum(int(op.get("fee_minor", 0)) for op in self.operations if op.get("outcome") == "CANCELLED")
 
 
 async def _trips(engine: AsyncEngine) -> dict[str, _Trip]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT trip_id, state, failure_reason, definition_version FROM trips"))
-        return {r.trip_id: _Trip(r.trip_id, r.state, r.failure_reason or "", r.definition_version) for r in rows}
+        rows = await conn.execute(
+            text("SELECT trip_id, state, failure_reason, definition_version, operations FROM trips")
+        )
+        return {
+            r.trip_id: _Trip(
+                r.trip_id, r.state, r.failure_reason or "", r.definition_version, tuple(_json(r.operations) or ())
+            )
+            for r in rows
+        }
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 async def _reservations(engine: AsyncEngine) -> dict[str, Reservation]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT reservation_id, status, price_minor FROM reservations"))
-        return {r.reservation_id: Reservation(r.reservation_id, r.status, r.price_minor) for r in rows}
+        rows = await conn.execute(text("SELECT reservation_id, status, price_minor, details FROM reservations"))
+        return {
+            r.reservation_id: Reservation(
+                r.reservation_id, r.status, r.price_minor, bool((_json(r.details) or {}).get("refund_of"))
+            )
+            for r in rows
+        }
 
 
 def _orphan_state(part: Reservation, trip: _Trip | None) -> str | None:
@@ -151,15 +190,22 @@ async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[st
         if trip.state == "NEEDS_ATTENTION" and not trip.failure_reason:
             problems.append(f"I1: trip {trip.trip_id} needs attention without a reason")
 
+    by_trip: dict[str, dict[str, list[Reservation]]] = defaultdict(lambda: defaultdict(list))
+    for name, rows in held.items():
+        for part in rows.values():
+            by_trip[part.trip_id][name].append(part)
     for trip in trips.values():
-        parts = {name: rows.get(f"{trip.trip_id}/{name}") for name, rows in held.items()}
+        mine = by_trip.get(trip.trip_id, {})
         if trip.state == "CONFIRMED":
-            problems.extend(_confirmed_problems(trip, parts))
+            problems.extend(_confirmed_problems(trip, mine, checked=held.keys()))
         elif trip.state == "CANCELLED":
-            # I3: nothing held or confirmed, no money kept.
-            for name, part in parts.items():
-                if part is not None and part.status in LIVE_STATUSES:
-                    problems.append(f"I3: cancelled trip {trip.trip_id} still has {name} {part.status}")
+            # I3: nothing held or confirmed; money is checked under I6, and the messages of a trip its
+            # customer cancelled were sent (the booking's, then the cancellation's).
+            checked = PRICED_PARTS if trip.operations else tuple(n for n in mine if n != "payment")
+            for name in checked:
+                for part in mine.get(name, []):
+                    if part.status in LIVE_STATUSES:
+                        problems.append(f"I3: cancelled trip {trip.trip_id} still has {name} {part.status}")
 
     # I4: nothing held that belongs to no live trip.
     orphans: list[Orphan] = []
@@ -183,15 +229,16 @@ async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[st
     # I8: one driver per token, tokens in order, the last one the trip's.
     problems.extend(await lease_problems(coordinator_engine))
 
-    # I6: every captured amount is a confirmed trip's total.
-    captured: dict[str, int] = defaultdict(int)
-    for part in held.get("payment", {}).values():
-        if part.status == "CONFIRMED":
-            captured[part.trip_id] += part.price_minor
-    for trip_id in captured:
-        state = trips[trip_id].state if trip_id in trips else MISSING
-        if state != "CONFIRMED":
-            problems.append(f"I6: money captured for trip {trip_id} which is {state}")
+    # I6: the money a trip keeps (captured less refunded) is a confirmed trip's total, or a cancelled
+    # trip's fee, and nothing for any other.
+    for trip_id, kinds in by_trip.items():
+        kept = _kept(kinds.get("payment", []))
+        owner = trips.get(trip_id)
+        if owner is not None and owner.state == "CANCELLED" and kept != owner.fee_kept:
+            problems.append(f"I6: cancelled trip {trip_id} keeps {kept}, its fee is {owner.fee_kept}")
+        elif kept and (owner is None or (owner.state == "NEEDS_ATTENTION" and not owner.operations)):
+            # a booking parked while undoing never captured (the capture is its last step)
+            problems.append(f"I6: money captured for trip {trip_id} which is {owner.state if owner else MISSING}")
 
     return AuditReport(
         violations=problems,
@@ -231,24 +278,36 @@ async def lease_problems(engine: AsyncEngine) -> list[str]:
     return problems
 
 
-def _confirmed_problems(trip: _Trip, parts: Mapping[str, Reservation | None]) -> list[str]:
-    """I2: every reservation confirmed, the payment captured for exactly the total."""
+def _kept(payments: list[Reservation]) -> int:
+    """Captured less refunded, over a trip's payment reservations."""
+    return sum(-p.price_minor if p.refund else p.price_minor for p in payments if p.status == "CONFIRMED")
+
+
+def _confirmed_problems(trip: _Trip, parts: Mapping[str, list[Reservation]], checked: Collection[str]) -> list[str]:
+    """I2: every booked part's reservation confirmed, every replaced one let go, and the money kept
+    exactly the booked parts' total."""
     problems = []
-    for name in ("flight", "payment"):
-        if name not in parts:
+    live = trip.live_revisions()
+    total = 0
+    for name in PRICED_PARTS:
+        if name not in checked:
             continue  # that participant's database was not given
-        part = parts[name]
-        if part is None or part.status != "CONFIRMED":
-            found = part.status if part else MISSING
-            problems.append(f"I2: confirmed trip {trip.trip_id} has {name} {found}")
-    for name in OPTIONAL_PARTS:  # the trip may have none; if it has one, it is confirmed
-        part = parts.get(name)
-        if part is not None and part.status != "CONFIRMED":
-            problems.append(f"I2: confirmed trip {trip.trip_id} has {name} {part.status}")
-    total = sum(p.price_minor for n, p in parts.items() if p and n in PRICED_PARTS)
-    pay = parts.get("payment")
-    if pay is not None and pay.price_minor != total:
-        problems.append(f"I2: trip {trip.trip_id} captured {pay.price_minor}, its total is {total}")
+        revision = live[name]
+        for part in parts.get(name, []):
+            if part.revision == revision:
+                total += part.price_minor
+                if part.status != "CONFIRMED":
+                    problems.append(f"I2: confirmed trip {trip.trip_id} has {name} {part.status}")
+            elif part.status in LIVE_STATUSES:
+                problems.append(f"I2: confirmed trip {trip.trip_id} still has replaced {name} {part.reservation_id}")
+        if name == "flight" and revision is not None and not any(p.revision == revision for p in parts.get(name, [])):
+            problems.append(f"I2: confirmed trip {trip.trip_id} has flight {MISSING}")
+    if "payment" in checked:
+        kept = _kept(parts.get("payment", []))
+        if not parts.get("payment"):
+            problems.append(f"I2: confirmed trip {trip.trip_id} has payment {MISSING}")
+        elif kept != total:
+            problems.append(f"I2: trip {trip.trip_id} captured {kept}, its total is {total}")
     return problems
 
 

@@ -234,7 +234,19 @@ def format_rpc_error(code: str, message: str, *, reason: str = "", violations: S
 
 # --- tripmesh audit -------------------------------------------------------------------------------
 
-KNOWN_STATES = ("CONFIRMED", "CANCELLED", "NEEDS_ATTENTION", "PENDING", "RESERVING", "CONFIRMING", "COMPENSATING")
+KNOWN_STATES = (
+    "CONFIRMED",
+    "CANCELLED",
+    "NEEDS_ATTENTION",
+    "PENDING",
+    "RESERVING",
+    "CONFIRMING",
+    "COMPENSATING",
+    "CHANGING",
+    "CHANGE_CONFIRMING",
+    "CHANGE_REVERTING",
+    "CANCELLING",
+)
 KNOWN_STATUSES = ("HELD", "CONFIRMED", "CANCELLED", "EXPIRED")
 
 

@@ -1,6 +1,6 @@
 """Crash injection at named points of the saga, for the crash-point and chaos tests.
 
-`TRIPMESH_COORDINATOR_CRASH_AT` holds comma-separated points `<point>:<name>[@<n>]`; the coordinator
+`TRIPMESH_COORDINATOR_CRASH_AT` holds comma-separated points `<point>:<name>[#<n>]`; the coordinator
 kills itself with SIGKILL (no cleanup, no flush: a real crash) the n-th time (default the first) it
 reaches one:
 
@@ -11,6 +11,8 @@ reaches one:
     after_state:<STATE>    the trip took the state; a final state is durable, another one pending
                            (after_state:CONFIRMING is the commit decision, made durable with the first
                            Confirm's intent)
+
+A step of a change or a cancellation carries its revision: `after_intent:hotel.reserve@2`.
 
 Unset (the default), the engine holds no CrashPoints at all and pays nothing.
 """
@@ -33,10 +35,10 @@ class CrashPoints:
         self._seen: dict[tuple[str, str], int] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
             point, _, rest = item.partition(":")
-            name, _, nth = rest.partition("@")
+            name, _, nth = rest.partition("#")
             if point not in POINTS or not name:
                 raise ValueError(
-                    f"TRIPMESH_COORDINATOR_CRASH_AT: {item!r} is not <point>:<name>[@n] with point one of "
+                    f"TRIPMESH_COORDINATOR_CRASH_AT: {item!r} is not <point>:<name>[#n] with point one of "
                     f"{', '.join(sorted(POINTS))}"
                 )
             self._targets[(point, name)] = int(nth or 1)

@@ -278,6 +278,14 @@ class Engine:
         now = self.clock.now()
         reason = transition.reason or trip.failure_reason
         previous = trip.state
+        op = trip.operation
+        if op is not None:
+            if transition.outcome is not None:
+                # A change or cancellation ends: the trip is CONFIRMED (as changed, or as it was) or CANCELLED.
+                op.outcome, op.reason = transition.outcome, transition.reason
+                reason = "" if transition.state is TripState.CONFIRMED else transition.reason
+            elif transition.state is TripState.NEEDS_ATTENTION:
+                op.parked_from = previous.value  # where RetryTrip sends it back
         trip.state, trip.failure_reason, trip.updated_at = transition.state, reason, now
         if trip.state.terminal:
             await self._flush(trip, state_write(trip))  # durable before the client hears of it

@@ -73,17 +73,18 @@ class TripMetrics:
             self.started.inc()
         elif event.state is TripState.COMPENSATING and event.previous in (TripState.RESERVING, TripState.CONFIRMING):
             self.compensations.inc()
-        if event.state in FINAL:
+        if event.state in FINAL and not trip.operations:  # a booking's end, not a change's or cancellation's
             state = event.state.value.lower()
             self.finished.labels(state).inc()
             self.duration.labels(state).observe(max(0.0, (event.at - trip.created_at).total_seconds()))
 
     def on_step(self, trip: Trip, event: StepEvent) -> None:
+        step = event.step.partition("@")[0]  # "hotel.reserve@2" counts as hotel.reserve: bounded labels
         if event.outcome is None:
             if event.attempt > 1:
-                self.retries.labels(event.step).inc()
+                self.retries.labels(step).inc()
             return
-        self.step_seconds.labels(event.step, event.outcome.value.lower()).observe(event.seconds or 0.0)
+        self.step_seconds.labels(step, event.outcome.value.lower()).observe(event.seconds or 0.0)
 
 
 def install(metrics: Metrics, store: StepLogStore, in_flight: Callable[[], int]) -> TripMetrics:

@@ -33,6 +33,8 @@ trips = Table(
     Column("owner", String(128), nullable=False, default=""),
     Column("fence", BigInteger, nullable=False, default=0),
     Column("lease_expires_at", UTCDateTime(), nullable=True),
+    # Changes and cancellations of the booked trip (coordinator/trip.py Operation), oldest first; NULL: none.
+    Column("operations", JSON, nullable=True),
     CheckConstraint(one_of("state", TripState), name="state_known"),
 )
 Index("ix_trips_state_created_at", trips.c.state, trips.c.created_at)

@@ -1,22 +1,24 @@
-"""BookTrip requests to TripRequest, with every violation named by its field (INVALID_ARGUMENT).
+"""BookTrip and ChangeTrip requests to domain values, with every violation named by its field (INVALID_ARGUMENT).
 
 Nothing is written for a request that fails here: validation runs before the trip is accepted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 
-from coordinator.trip import CarPart, FlightPart, HotelPart, TripRequest
+from coordinator.trip import CarPart, FlightPart, HotelPart, TripRequest, flight_date
 from services.kit.errors import FieldViolation, InvalidRequestError
 from services.kit.money import CATALOGUE_CURRENCY
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 
 TRIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-FLIGHT_ID = re.compile(r"^[A-Z0-9]{2,8}-(\d{4})(\d{2})(\d{2})$")
 EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 SEAT = re.compile(r"^[1-9][0-9]?[A-K]$")
 MAX_NIGHTS = 30
@@ -27,12 +29,10 @@ _Bad = Callable[[str, str], None]
 
 
 def parse_trip_id(trip_id: str, field: str = "trip_id") -> str:
-    if not trip_id:
-        raise InvalidRequestError.of(field, "must not be empty")
-    if not TRIP_ID.match(trip_id):
-        raise InvalidRequestError.of(
-            field, "must be 1-64 characters of letters, digits, '-', '_' and '.', starting with a letter or digit"
-        )
+    errors: list[FieldViolation] = []
+    _id(trip_id, field, lambda f, d: errors.append(FieldViolation(f, d)))
+    if errors:
+        raise InvalidRequestError(errors)
     return trip_id
 
 
@@ -42,10 +42,7 @@ def parse_book_trip(request: trip_pb.BookTripRequest) -> TripRequest:
     def bad(field: str, description: str) -> None:
         errors.append(FieldViolation(field, description))
 
-    if not request.trip_id:
-        bad("trip_id", "must not be empty")
-    elif not TRIP_ID.match(request.trip_id):
-        bad("trip_id", "must be 1-64 characters of letters, digits, '-', '_' and '.', starting with a letter or digit")
+    _id(request.trip_id, "trip_id", bad)
     customer = request.customer
     if not customer.customer_id:
         bad("customer.customer_id", "must not be empty")
@@ -55,7 +52,7 @@ def parse_book_trip(request: trip_pb.BookTripRequest) -> TripRequest:
         bad("customer.email", f"{customer.email!r} is not an e-mail address")
     if len(customer.name) > 200:
         bad("customer.name", "must be at most 200 characters")
-    flight = _parse_flight(request, bad) if request.HasField("flight") else None
+    flight = _parse_flight(request.flight, bad) if request.HasField("flight") else None
     if flight is None and not request.HasField("flight"):
         bad("flight", "is required")
     hotel = _parse_hotel(request.hotel, bad) if request.HasField("hotel") else None
@@ -81,8 +78,61 @@ def parse_book_trip(request: trip_pb.BookTripRequest) -> TripRequest:
     )
 
 
-def _parse_flight(request: trip_pb.BookTripRequest, bad: _Bad) -> FlightPart | None:
-    flight = request.flight
+@dataclass(frozen=True)
+class ChangeSpec:
+    """A ChangeTrip request, parsed: the parts given replace the booked ones; None keeps them."""
+
+    trip_id: str
+    change_id: str
+    flight: FlightPart | None
+    hotel: HotelPart | None
+    drop_hotel: bool
+    car: CarPart | None
+    drop_car: bool
+
+    def applied_to(self, booked: TripRequest) -> TripRequest:
+        """The trip as it will stand: the booked request with this change's parts."""
+        hotel = None if self.drop_hotel else self.hotel or booked.hotel
+        car = None if self.drop_car else self.car or booked.car
+        return replace(booked, flight=self.flight or booked.flight, hotel=hotel, car=car)
+
+    def fingerprint(self) -> str:
+        body = {k: v for k, v in asdict(self).items() if k not in ("trip_id", "change_id")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def parse_change_trip(request: trip_pb.ChangeTripRequest) -> ChangeSpec:
+    errors: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        errors.append(FieldViolation(field, description))
+
+    trip_id = _id(request.trip_id, "trip_id", bad)
+    change_id = _id(request.change_id, "change_id", bad)
+    flight = _parse_flight(request.flight, bad) if request.HasField("flight") else None
+    hotel = _parse_hotel(request.hotel, bad) if request.HasField("hotel") else None
+    car = _parse_car(request.car, bad) if request.HasField("car") else None
+    if request.drop_hotel and request.HasField("hotel"):
+        bad("drop_hotel", "cannot drop the hotel and give a new one in the same change")
+    if request.drop_car and request.HasField("car"):
+        bad("drop_car", "cannot drop the car and give a new one in the same change")
+    given = request.HasField("flight") or request.HasField("hotel") or request.HasField("car")
+    if not (given or request.drop_hotel or request.drop_car):
+        bad("flight", "a change needs a new flight, hotel or car, or drop_hotel or drop_car")
+    if errors:
+        raise InvalidRequestError(errors)
+    return ChangeSpec(trip_id, change_id, flight, hotel, request.drop_hotel, car, request.drop_car)
+
+
+def _id(value: str, field: str, bad: _Bad) -> str:
+    if not value:
+        bad(field, "must not be empty")
+    elif not TRIP_ID.match(value):
+        bad(field, "must be 1-64 characters of letters, digits, '-', '_' and '.', starting with a letter or digit")
+    return value
+
+
+def _parse_flight(flight: trip_pb.TripFlight, bad: _Bad) -> FlightPart | None:
     outbound = _flight_date(flight.outbound_flight_id, "flight.outbound_flight_id", bad, required=True)
     back = _flight_date(flight.return_flight_id, "flight.return_flight_id", bad, required=False)
     if outbound and back:
@@ -148,13 +198,7 @@ def _flight_date(flight_id: str, field: str, bad: _Bad, *, required: bool) -> da
         if required:
             bad(field, "must not be empty")
         return None
-    match = FLIGHT_ID.match(flight_id)
-    parsed = None
-    if match:
-        try:
-            parsed = date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
-            parsed = None
+    parsed = flight_date(flight_id)
     if parsed is None:
         bad(field, f"{flight_id!r} is not a flight id like 'TM101-20270315' (flight number, date)")
     return parsed

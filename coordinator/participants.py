@@ -16,6 +16,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from coordinator.trip import parse_step_name
 from services.kit.interceptors import TRIP_ID_METADATA
 from services.kit.tls import TlsFiles, aio_channel, tls_files
 from tripmesh.v1 import car_service_pb2_grpc as car_grpc
@@ -139,8 +140,8 @@ class Participants:
         self._stubs = {name: _STUBS[name](channel) for name, channel in self._channels.items()}
 
     async def call(self, step_name: str, request: Any, trip_id: str) -> Outcome:
-        participant, action = step_name.split(".", 1)
-        method: Callable[..., Awaitable[Any]] = getattr(self._stubs[participant], _METHODS[action])
+        participant, action, _ = parse_step_name(step_name)
+        method: Callable[..., Awaitable[Any]] = getattr(self._stubs[participant], _METHODS[action.value])
         try:
             response = await method(request, timeout=self.call_timeout, metadata=((TRIP_ID_METADATA, trip_id),))
         except grpc.aio.AioRpcError as error:

@@ -7,36 +7,14 @@ outcome is not (STARTED) are sent again; participants are idempotent (P1, P2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
+from coordinator import operations
+from coordinator.plans import COMPENSATION_FAILED, SETTLED, Call, Done, Plan, Transition, failure_reason
 from coordinator.saga import SagaDefinition
-from coordinator.trip import Step, StepStatus, Trip, TripState
+from coordinator.trip import StepStatus, Trip, TripState
 
-
-@dataclass(frozen=True)
-class Call:
-    """Send these steps, in parallel."""
-
-    steps: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Transition:
-    """Write the trip's new state durably (CONFIRMING is the commit decision)."""
-
-    state: TripState
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Done:
-    pass
-
-
-Plan = Call | Transition | Done
-
-_SETTLED = (StepStatus.SUCCEEDED, StepStatus.REFUSED, StepStatus.FAILED)
+__all__ = ["COMPENSATION_FAILED", "Call", "Done", "Plan", "Transition", "cause", "failure_reason", "plan"]
 
 
 def plan(saga: SagaDefinition, trip: Trip, now: datetime) -> Plan:
@@ -48,13 +26,15 @@ def plan(saga: SagaDefinition, trip: Trip, now: datetime) -> Plan:
         return _reserving(saga, trip, now)
     if trip.state is TripState.CONFIRMING:
         return _confirming(saga, trip)
-    return _compensating(saga, trip)
+    if trip.state is TripState.COMPENSATING:
+        return _compensating(saga, trip)
+    return operations.plan_operation(saga, trip, now)
 
 
 def _reserving(saga: SagaDefinition, trip: Trip, now: datetime) -> Plan:
     for group in saga.reserve_groups:
         members = [p for p in group if saga.takes_part(p, trip.request)]
-        unsettled = [f"{p}.reserve" for p in members if trip.status_of(f"{p}.reserve") not in _SETTLED]
+        unsettled = [f"{p}.reserve" for p in members if trip.status_of(f"{p}.reserve") not in SETTLED]
         if unsettled:
             if now >= trip.deadline_at:
                 return Transition(TripState.COMPENSATING, "the trip ran out of time while reserving")
@@ -71,7 +51,7 @@ def _reserving(saga: SagaDefinition, trip: Trip, now: datetime) -> Plan:
 def _confirming(saga: SagaDefinition, trip: Trip) -> Plan:
     for group in saga.confirm_groups:
         members = [p for p in group if _reserved(trip, p)]
-        unsettled = [f"{p}.confirm" for p in members if trip.status_of(f"{p}.confirm") not in _SETTLED]
+        unsettled = [f"{p}.confirm" for p in members if trip.status_of(f"{p}.confirm") not in SETTLED]
         if unsettled:
             return Call(tuple(unsettled))
         for p in members:
@@ -87,7 +67,7 @@ def _confirming(saga: SagaDefinition, trip: Trip) -> Plan:
 def _compensating(saga: SagaDefinition, trip: Trip) -> Plan:
     for group in reversed(saga.reserve_groups):
         members = [p for p in group if _may_hold(trip, p)]
-        unsettled = [f"{p}.cancel" for p in members if trip.status_of(f"{p}.cancel") not in _SETTLED]
+        unsettled = [f"{p}.cancel" for p in members if trip.status_of(f"{p}.cancel") not in SETTLED]
         if unsettled:
             return Call(tuple(unsettled))
         for p in members:
@@ -98,9 +78,6 @@ def _compensating(saga: SagaDefinition, trip: Trip) -> Plan:
                     reason = f"{cause(trip)}; {reason}"
                 return Transition(TripState.NEEDS_ATTENTION, reason)
     return Transition(TripState.CANCELLED, cause(trip))
-
-
-COMPENSATION_FAILED = "compensation failed: "
 
 
 def cause(trip: Trip) -> str:
@@ -119,10 +96,3 @@ def _may_hold(trip: Trip, participant: str) -> bool:
     """
     status = trip.status_of(f"{participant}.reserve")
     return status is not None and status is not StepStatus.REFUSED
-
-
-def failure_reason(name: str, step: Step) -> str:
-    verb = "was refused" if step.status is StepStatus.REFUSED else "kept failing"
-    detail = " ".join(x for x in (step.error_code, step.error_reason) if x)
-    message = f": {step.error_message}" if step.error_message else ""
-    return f"{name} {verb} ({detail}){message}" if detail else f"{name} {verb}{message}"

@@ -69,6 +69,13 @@ class SagaDefinition:
         return tuple(p.name for p in self.parts if p.priced)
 
     @cached_property
+    def collector(self) -> str:
+        """The part that takes the money (the payment): neither priced nor auxiliary. A change charges or
+        refunds the price difference through it, a cancellation refunds through it."""
+        (name,) = (p.name for p in self.parts if not p.priced and not p.auxiliary)
+        return name
+
+    @cached_property
     def optional(self) -> frozenset[str]:
         return frozenset(p.name for p in self.parts if p.optional)
 

@@ -5,20 +5,29 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from coordinator.booking import booking
 from coordinator.engine import Engine
+from coordinator.fares import cancellation_fee
+from coordinator.operations import operation_steps
+from coordinator.parse import ChangeSpec
 from coordinator.saga import SagaDefinition, unknown_definition
 from coordinator.steplog import StepLogStore
-from coordinator.trip import Action, StepStatus, Trip, TripRequest, TripState
+from coordinator.trip import Action, Operation, OperationKind, StepStatus, Trip, TripRequest, TripState
 from services.kit.clock import Clock
 from services.kit.errors import (
+    ChangeConflictError,
     DefinitionUnknownError,
     InvalidRequestError,
     OverloadedError,
     TransientError,
     TripConflictError,
+    TripNotCancellableError,
+    TripNotChangeableError,
     TripNotFoundError,
     TripNotRetriableError,
 )
+
+CANCEL_ID = "cancel"  # the operation id of a trip's cancellation (there is at most one)
 
 
 class TripService:
@@ -134,10 +143,16 @@ class TripService:
             raise TripNotRetriableError(
                 f"trip {trip_id!r} is {trip.state.value}{driver}; only a trip in NEEDS_ATTENTION can be retried"
             )
-        compensating = any(step.action is Action.CANCEL for step in trip.steps.values())
-        state = TripState.COMPENSATING if compensating else TripState.CONFIRMING
-        action = Action.CANCEL if compensating else Action.CONFIRM
-        failed = [s.name for s in trip.steps.values() if s.action is action and s.status is StepStatus.FAILED]
+        op = trip.operation
+        if op is not None:  # a change or cancellation parked: back to where it stopped
+            state = TripState(op.parked_from)
+            names = operation_steps(self.engine.sagas[trip.definition_version], trip, op)
+            failed = [n for n in names if trip.status_of(n) is StepStatus.FAILED]
+        else:
+            compensating = any(step.action is Action.CANCEL for step in trip.steps.values())
+            state = TripState.COMPENSATING if compensating else TripState.CONFIRMING
+            action = Action.CANCEL if compensating else Action.CONFIRM
+            failed = [s.name for s in trip.steps.values() if s.action is action and s.status is StepStatus.FAILED]
         seconds = self.book_wait if wait is None else wait
         if await self.store.reopen(trip, state, failed, self.clock.now()):  # takes the lease, new token
             reopened = await self.get(trip_id)
@@ -145,6 +160,107 @@ class TripService:
             await self.engine.wait(trip_id, seconds)
             return self.engine.live(trip_id) or await self.get(trip_id)
         return await self._follow(trip_id, seconds)  # another operator's retry won; it is driven there
+
+    async def change(self, spec: ChangeSpec, wait: float | None) -> tuple[Trip, Operation]:
+        """Change a CONFIRMED trip (ChangeTrip): accept the change durably, then wait for its outcome.
+
+        The change id is the idempotency key: a repeat follows the same change; another change under
+        the same id is refused. Only the parts that differ from the trip as booked are reserved anew.
+        """
+        seconds = self.book_wait if wait is None else wait
+        for _ in range(3):  # lost a race to another ChangeTrip or CancelTrip: look again
+            trip = await self._current(spec.trip_id)
+            known = next((op for op in trip.operations if op.operation_id == spec.change_id), None)
+            if known is not None:
+                if known.kind is not OperationKind.CHANGE or known.fingerprint != spec.fingerprint():
+                    raise ChangeConflictError(
+                        f"trip {spec.trip_id!r} already has a change {spec.change_id!r} that is a different change"
+                    )
+                return await self._operation_outcome(trip, spec.change_id, seconds)
+            if trip.state is not TripState.CONFIRMED:
+                raise TripNotChangeableError(
+                    f"trip {spec.trip_id!r} is {trip.state.value}; only a CONFIRMED trip can be changed"
+                )
+            op = self._new_change(trip, spec)
+            if await self.store.begin_operation(trip, op, TripState.CHANGING, self.clock.now()):
+                return await self._operation_outcome(trip, op.operation_id, seconds, start=True)
+        raise TransientError(f"trip {spec.trip_id!r} is being changed by other requests at once; retry")
+
+    def _new_change(self, trip: Trip, spec: ChangeSpec) -> Operation:
+        saga = self.engine.sagas[trip.definition_version]
+        for part, given in (("hotel", spec.hotel or spec.drop_hotel), ("car", spec.car or spec.drop_car)):
+            if given and part not in saga.priced:
+                raise InvalidRequestError.of(
+                    part, f"trip {trip.trip_id!r} was booked under saga {saga.label}, which has no {part}"
+                )
+        before = booking(saga, trip)
+        after = spec.applied_to(before.request)
+        differ = [p for p in saga.priced if getattr(after, p) != getattr(before.request, p)]
+        if not differ:
+            raise InvalidRequestError.of("change_id", "the change changes nothing: the trip is booked so already")
+        now = self.clock.now()
+        return Operation(
+            operation_id=spec.change_id,
+            kind=OperationKind.CHANGE,
+            revision=len(trip.operations) + 2,
+            created_at=now,
+            deadline_at=now + self.trip_timeout,
+            request=after,
+            parts=tuple(p for p in differ if getattr(after, p) is not None),
+            dropped=tuple(p for p in differ if p in before.parts),
+            fingerprint=spec.fingerprint(),
+        )
+
+    async def cancel(self, trip_id: str, wait: float | None) -> Trip:
+        """Cancel a CONFIRMED trip at its customer's request (CancelTrip); a cancelled trip is answered as is."""
+        seconds = self.book_wait if wait is None else wait
+        for _ in range(3):
+            trip = await self._current(trip_id)
+            if trip.state is TripState.CANCELLED:
+                return trip
+            if trip.state is TripState.CANCELLING:
+                return (await self._operation_outcome(trip, CANCEL_ID, seconds))[0]
+            if trip.state is not TripState.CONFIRMED:
+                raise TripNotCancellableError(
+                    f"trip {trip_id!r} is {trip.state.value}; only a CONFIRMED trip can be cancelled"
+                    + (" (RetryTrip sends it on first)" if trip.state is TripState.NEEDS_ATTENTION else "")
+                )
+            saga = self.engine.sagas[trip.definition_version]
+            before = booking(saga, trip)
+            flight_price = trip.price_of("flight", before.parts.get("flight", 1)) or 0
+            now = self.clock.now()
+            op = Operation(
+                operation_id=CANCEL_ID,
+                kind=OperationKind.CANCEL,
+                revision=len(trip.operations) + 2,
+                created_at=now,
+                deadline_at=now + self.trip_timeout,
+                fee_minor=min(before.paid, cancellation_fee(before.request.flight, flight_price, now.date())),
+            )
+            if await self.store.begin_operation(trip, op, TripState.CANCELLING, now):
+                return (await self._operation_outcome(trip, CANCEL_ID, seconds, start=True))[0]
+        raise TransientError(f"trip {trip_id!r} is being changed by other requests at once; retry")
+
+    async def _current(self, trip_id: str) -> Trip:
+        trip = self.engine.live(trip_id) or await self.get(trip_id)
+        if trip.definition_version not in self.engine.sagas:
+            why = unknown_definition(trip.definition_version, self.engine.sagas)
+            raise DefinitionUnknownError(
+                f"trip {trip_id!r} cannot be changed here: {why}",
+                metadata={"definition_version": str(trip.definition_version)},
+            )
+        return trip
+
+    async def _operation_outcome(
+        self, trip: Trip, operation_id: str, seconds: float, *, start: bool = False
+    ) -> tuple[Trip, Operation]:
+        """Drive (a just-accepted operation) or follow the trip until the operation ends or `seconds` pass."""
+        if start:
+            trip = await self.get(trip.trip_id)  # as written, with its new lease
+            self.engine.start(trip)
+        trip = await self._outcome(trip, seconds)
+        op = next(op for op in trip.operations if op.operation_id == operation_id)
+        return trip, op
 
     async def get(self, trip_id: str) -> Trip:
         trip = await self.store.load(trip_id)

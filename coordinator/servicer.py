@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from coordinator.parse import parse_book_trip, parse_trip_id
+from coordinator.parse import parse_book_trip, parse_change_trip, parse_trip_id
 from coordinator.service import TripService
 from coordinator.trip import Trip, TripState
 from coordinator.views import trip_to_proto
@@ -44,6 +44,19 @@ class TripCoordinatorServicer(trip_grpc.TripCoordinatorServicer):
     ) -> trip_pb.RetryTripResponse:
         trip = await self.service.retry(parse_trip_id(request.trip_id), _wait(context))
         return trip_pb.RetryTripResponse(trip=self._view(trip))
+
+    async def ChangeTrip(
+        self, request: trip_pb.ChangeTripRequest, context: grpc.aio.ServicerContext
+    ) -> trip_pb.ChangeTripResponse:
+        trip, change = await self.service.change(parse_change_trip(request), _wait(context))
+        view = self._view(trip)
+        return trip_pb.ChangeTripResponse(trip=view, change=view.changes[trip.operations.index(change)])
+
+    async def CancelTrip(
+        self, request: trip_pb.CancelTripRequest, context: grpc.aio.ServicerContext
+    ) -> trip_pb.CancelTripResponse:
+        trip = await self.service.cancel(parse_trip_id(request.trip_id), _wait(context))
+        return trip_pb.CancelTripResponse(trip=self._view(trip))
 
     async def GetTrip(
         self, request: trip_pb.GetTripRequest, context: grpc.aio.ServicerContext

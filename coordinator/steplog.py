@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.models import steps, trip_leases, trips
-from coordinator.trip import TERMINAL_STATES, Step, StepStatus, Trip, TripRequest, TripState
+from coordinator.trip import TERMINAL_STATES, Operation, Step, StepStatus, Trip, TripRequest, TripState
 from coordinator.writer import BatchResult, GroupCommitter, Lease, NewTrip, StateWrite, StepWrite, Write
 from services.kit.db import db_retry
 
@@ -131,6 +131,8 @@ class StepLogStore:
                     }
                     if state.terminal:
                         values["lease_expires_at"] = None  # the lease ends with the trip
+                    if state.operations is not None:
+                        values["operations"] = state.operations
                     await conn.execute(
                         update(trips)
                         .where(trips.c.trip_id == state.trip_id, trips.c.fence == state.fence)
@@ -298,6 +300,45 @@ class StepLogStore:
 
         return await db_retry(work)
 
+    async def begin_operation(self, trip: Trip, op: Operation, state: TripState, now: datetime) -> bool:
+        """Start a change or cancellation of a CONFIRMED trip: record it and take the trip's lease, atomically.
+
+        Conditional on the trip being CONFIRMED under the token it was read with, so of two requests at
+        once only one begins (False for the other, which looks again). Durable before anything is sent.
+        """
+        me = self.replica_id
+        operations = [*trip.operations_json(), op.to_json()]
+
+        async def work() -> bool:
+            async with self.engine.begin() as conn:
+                moved = (
+                    await conn.execute(
+                        update(trips)
+                        .where(
+                            trips.c.trip_id == trip.trip_id,
+                            trips.c.state == TripState.CONFIRMED.value,
+                            trips.c.fence == trip.fence,
+                        )
+                        .values(
+                            state=state.value,
+                            operations=operations,
+                            failure_reason="",
+                            updated_at=now,
+                            owner=me,
+                            fence=trips.c.fence + 1,
+                            lease_expires_at=_now() + self.lease,
+                        )
+                        .returning(trips.c.fence)
+                    )
+                ).first()
+                if moved is None:
+                    return False
+                grant = _grant(trip.trip_id, moved.fence, me, _now(), op.kind.value.lower())
+                await conn.execute(insert(trip_leases), [grant])
+                return True
+
+        return await db_retry(work)
+
     async def load(self, trip_id: str) -> Trip | None:
         async def read() -> tuple[Row[Any] | None, list[Row[Any]]]:
             async with self.engine.connect() as conn:
@@ -420,7 +461,13 @@ def step_write(trip: Trip, step: Step) -> StepWrite:
 
 def state_write(trip: Trip) -> StateWrite:
     return StateWrite(
-        trip.trip_id, trip.state.value, trip.failure_reason, trip.updated_at, trip.fence, trip.state.terminal
+        trip.trip_id,
+        trip.state.value,
+        trip.failure_reason,
+        trip.updated_at,
+        trip.fence,
+        trip.state.terminal,
+        trip.operations_json() if trip.operations else None,
     )
 
 
@@ -451,6 +498,7 @@ def _trip(row: Row[Any]) -> Trip:
         failure_reason=m["failure_reason"],
         owner=m["owner"],
         fence=m["fence"],
+        operations=[Operation.from_json(op) for op in m["operations"] or ()],
     )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -18,6 +19,11 @@ class TripState(StrEnum):
     COMPENSATING = "COMPENSATING"
     CANCELLED = "CANCELLED"
     NEEDS_ATTENTION = "NEEDS_ATTENTION"
+    # A booked trip being changed or cancelled (coordinator/operations.py).
+    CHANGING = "CHANGING"
+    CHANGE_CONFIRMING = "CHANGE_CONFIRMING"
+    CHANGE_REVERTING = "CHANGE_REVERTING"
+    CANCELLING = "CANCELLING"
 
     @property
     def terminal(self) -> bool:
@@ -38,6 +44,34 @@ class Action(StrEnum):
     RESERVE = "reserve"
     CONFIRM = "confirm"
     CANCEL = "cancel"
+
+
+def step_name(participant: str, action: Action, revision: int = 1) -> str:
+    """ "flight.reserve" for the booking's reservations; "flight.reserve@2" for those a change or a
+    cancellation of the booked trip (revision 2, 3, ...) makes."""
+    name = f"{participant}.{action.value}"
+    return name if revision == 1 else f"{name}@{revision}"
+
+
+def parse_step_name(name: str) -> tuple[str, Action, int]:
+    """(participant, action, revision) of a step name made by `step_name`."""
+    base, _, revision = name.partition("@")
+    participant, action = base.split(".", 1)
+    return participant, Action(action), int(revision) if revision else 1
+
+
+FLIGHT_ID = re.compile(r"^[A-Z0-9]{2,8}-(\d{4})(\d{2})(\d{2})$")
+
+
+def flight_date(flight_id: str) -> date | None:
+    """The date a flight id names ("TM101-20270315": 2027-03-15), or None if it names none."""
+    match = FLIGHT_ID.match(flight_id)
+    if match is None:
+        return None
+    try:
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -126,11 +160,94 @@ class Step:
 
     @property
     def participant(self) -> str:
-        return self.name.split(".", 1)[0]
+        return parse_step_name(self.name)[0]
 
     @property
     def action(self) -> Action:
-        return Action(self.name.split(".", 1)[1])
+        return parse_step_name(self.name)[1]
+
+    @property
+    def revision(self) -> int:
+        """Which reservation of the participant the step acts on: 1 the booking's, n a change's."""
+        return parse_step_name(self.name)[2]
+
+
+class OperationKind(StrEnum):
+    CHANGE = "CHANGE"
+    CANCEL = "CANCEL"
+
+
+class OperationOutcome(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    APPLIED = "APPLIED"  # a change made: the trip stands as its request says
+    REVERTED = "REVERTED"  # a change that could not be made: the trip stands as it was
+    CANCELLED = "CANCELLED"  # the trip was cancelled by its customer
+
+
+@dataclass
+class Operation:
+    """A change or a cancellation of a booked trip: a saga of its own on the trip (coordinator/operations.py).
+
+    Its reservations are the trip's revision `revision` ("{trip_id}/flight.2"); `parts` are reserved anew
+    (changed or added), `dropped` lose their current reservation (changed or removed). The request is the
+    trip as it stands once the change is applied (None for a cancellation). `fee_minor` is what the fare
+    rules keep of a cancelled trip's payment. `parked_from`: the state it was in when it went to
+    NEEDS_ATTENTION, where RetryTrip sends it back.
+    """
+
+    operation_id: str
+    kind: OperationKind
+    revision: int
+    created_at: datetime
+    deadline_at: datetime
+    request: TripRequest | None = None
+    parts: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    fee_minor: int = 0
+    fingerprint: str = ""
+    outcome: OperationOutcome = OperationOutcome.IN_PROGRESS
+    reason: str = ""
+    parked_from: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.operation_id,
+            "kind": self.kind.value,
+            "revision": self.revision,
+            "created_at": self.created_at.isoformat(),
+            "deadline_at": self.deadline_at.isoformat(),
+            "parts": list(self.parts),
+            "dropped": list(self.dropped),
+            "outcome": self.outcome.value,
+        }
+        optional = {
+            "request": None if self.request is None else self.request.to_json(),
+            "fee_minor": self.fee_minor,
+            "fingerprint": self.fingerprint,
+            "reason": self.reason,
+            "parked_from": self.parked_from,
+        }
+        data.update({k: v for k, v in optional.items() if v})
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Operation:
+        request = data.get("request")
+        return cls(
+            operation_id=data["id"],
+            kind=OperationKind(data["kind"]),
+            revision=int(data["revision"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            deadline_at=datetime.fromisoformat(data["deadline_at"]),
+            request=None if request is None else TripRequest.from_json(request),
+            parts=tuple(data.get("parts", ())),
+            dropped=tuple(data.get("dropped", ())),
+            fee_minor=int(data.get("fee_minor", 0)),
+            fingerprint=data.get("fingerprint", ""),
+            outcome=OperationOutcome(data.get("outcome", OperationOutcome.IN_PROGRESS.value)),
+            reason=data.get("reason", ""),
+            parked_from=data.get("parked_from", ""),
+        )
 
 
 @dataclass
@@ -145,10 +262,25 @@ class Trip:
     steps: dict[str, Step] = field(default_factory=dict)
     owner: str = ""  # the replica whose lease this is (coordinator/lease.py)
     fence: int = 0  # the lease's fencing token: every step-log write for the trip carries it
+    # Changes and cancellations of the booked trip, oldest first (coordinator/operations.py).
+    operations: list[Operation] = field(default_factory=list)
 
     @property
     def trip_id(self) -> str:
         return self.request.trip_id
+
+    @property
+    def operation(self) -> Operation | None:
+        """The change or cancellation under way, if one is."""
+        last = self.operations[-1] if self.operations else None
+        return last if last is not None and last.outcome is OperationOutcome.IN_PROGRESS else None
+
+    def operation_at(self, revision: int) -> Operation | None:
+        """The operation that made this revision's reservations (None for the booking's, revision 1)."""
+        return next((op for op in self.operations if op.revision == revision), None)
+
+    def operations_json(self) -> list[dict[str, Any]]:
+        return [op.to_json() for op in self.operations]
 
     def step(self, name: str) -> Step | None:
         return self.steps.get(name)
@@ -160,8 +292,8 @@ class Trip:
     def ordered_steps(self) -> list[Step]:
         return sorted(self.steps.values(), key=lambda s: s.seq)
 
-    def price_of(self, participant: str) -> int | None:
-        step = self.steps.get(f"{participant}.reserve")
+    def price_of(self, participant: str, revision: int = 1) -> int | None:
+        step = self.steps.get(step_name(participant, Action.RESERVE, revision))
         if step is None or step.status is not StepStatus.SUCCEEDED:
             return None
         return int(step.result.get("price_minor", 0))

@@ -7,9 +7,20 @@ from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from coordinator.requests import date_message, reservation_id, trip_total
+from coordinator.booking import booking, payment_of
+from coordinator.requests import date_message, reservation_id
 from coordinator.saga import SAGAS, SagaDefinition, definition_label
-from coordinator.trip import Action, Step, StepStatus, Trip, TripRequest
+from coordinator.trip import (
+    Action,
+    Operation,
+    OperationKind,
+    OperationOutcome,
+    Step,
+    StepStatus,
+    Trip,
+    TripRequest,
+    step_name,
+)
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
@@ -24,6 +35,13 @@ _ACTION = {
     Action.RESERVE: trip_pb.STEP_ACTION_RESERVE,
     Action.CONFIRM: trip_pb.STEP_ACTION_CONFIRM,
     Action.CANCEL: trip_pb.STEP_ACTION_CANCEL,
+}
+_KIND = {OperationKind.CHANGE: trip_pb.TRIP_CHANGE_KIND_CHANGE, OperationKind.CANCEL: trip_pb.TRIP_CHANGE_KIND_CANCEL}
+_OUTCOME = {
+    OperationOutcome.IN_PROGRESS: trip_pb.TRIP_CHANGE_OUTCOME_IN_PROGRESS,
+    OperationOutcome.APPLIED: trip_pb.TRIP_CHANGE_OUTCOME_APPLIED,
+    OperationOutcome.REVERTED: trip_pb.TRIP_CHANGE_OUTCOME_REVERTED,
+    OperationOutcome.CANCELLED: trip_pb.TRIP_CHANGE_OUTCOME_CANCELLED,
 }
 
 
@@ -42,18 +60,20 @@ def trip_to_proto(saga: SagaDefinition, trip: Trip, known: Mapping[int, SagaDefi
         definition_version=definition_label(trip.definition_version, known),
         definition_known=trip.definition_version in known,
     )
-    total = trip_total(saga, trip)
+    booked = booking(saga, trip)
+    total = booked.total(trip)
     if total is not None:
-        message.total.CopyFrom(common_pb.Money(currency_code=total.currency, minor_units=total.minor_units))
-    for participant in saga.participants:
-        status = _reservation_status(trip, participant)
+        message.total.CopyFrom(_money(total, trip.request.currency))
+    message.paid.CopyFrom(_money(booked.paid, trip.request.currency))
+    message.booked.CopyFrom(request_to_proto(booked.request))
+    for reserve in trip.ordered_steps():
+        status = _reservation_status(trip, reserve)
         if status is None:
             continue
-        reserve = trip.steps[f"{participant}.reserve"]
         message.reservations.append(
             trip_pb.TripReservation(
-                participant=participant,
-                reservation_id=reservation_id(trip.trip_id, participant),
+                participant=reserve.participant,
+                reservation_id=reservation_id(trip.trip_id, reserve.participant, reserve.revision),
                 status=status,
                 price=common_pb.Money(
                     currency_code=str(reserve.result.get("currency", trip.request.currency)),
@@ -66,18 +86,44 @@ def trip_to_proto(saga: SagaDefinition, trip: Trip, known: Mapping[int, SagaDefi
             )
         )
     message.steps.extend(step_to_proto(saga, trip.trip_id, step) for step in trip.ordered_steps())
+    message.changes.extend(change_to_proto(saga, trip, op) for op in trip.operations)
     return message
 
 
-def _reservation_status(trip: Trip, participant: str) -> common_pb.ReservationStatus.ValueType | None:
-    reserve = trip.status_of(f"{participant}.reserve")
-    if reserve is None or reserve is StepStatus.REFUSED:
+def change_to_proto(saga: SagaDefinition, trip: Trip, op: Operation) -> trip_pb.TripChange:
+    message = trip_pb.TripChange(
+        change_id=op.operation_id,
+        kind=_KIND[op.kind],
+        revision=op.revision,
+        outcome=_OUTCOME[op.outcome],
+        reason=op.reason,
+        parts=op.parts,
+        dropped=op.dropped,
+        create_time=timestamp(op.created_at),
+    )
+    if op.request is not None:
+        message.request.CopyFrom(request_to_proto(op.request))
+    moved = payment_of(saga, trip, op, booking(saga, trip, upto=op))
+    if moved is not None and op.outcome is not OperationOutcome.REVERTED:
+        message.price_difference.CopyFrom(_money(moved, trip.request.currency))
+    if op.kind is OperationKind.CANCEL:
+        message.fee.CopyFrom(_money(op.fee_minor, trip.request.currency))
+    return message
+
+
+def _money(minor_units: int, currency: str) -> common_pb.Money:
+    return common_pb.Money(currency_code=currency, minor_units=minor_units)
+
+
+def _reservation_status(trip: Trip, reserve: Step) -> common_pb.ReservationStatus.ValueType | None:
+    if reserve.action is not Action.RESERVE or reserve.status is StepStatus.REFUSED:
         return None
-    if trip.status_of(f"{participant}.cancel") is StepStatus.SUCCEEDED:
+    p, r = reserve.participant, reserve.revision
+    if trip.status_of(step_name(p, Action.CANCEL, r)) is StepStatus.SUCCEEDED:
         return common_pb.RESERVATION_STATUS_CANCELLED
-    if trip.status_of(f"{participant}.confirm") is StepStatus.SUCCEEDED:
+    if trip.status_of(step_name(p, Action.CONFIRM, r)) is StepStatus.SUCCEEDED:
         return common_pb.RESERVATION_STATUS_CONFIRMED
-    if reserve is StepStatus.SUCCEEDED:
+    if reserve.status is StepStatus.SUCCEEDED:
         return common_pb.RESERVATION_STATUS_HELD
     return common_pb.RESERVATION_STATUS_UNSPECIFIED
 
@@ -93,7 +139,7 @@ def step_to_proto(saga: SagaDefinition, trip_id: str, step: Step) -> trip_pb.Tri
         error_code=step.error_code,
         error_reason=step.error_reason,
         error_message=step.error_message,
-        reservation_id=reservation_id(trip_id, step.participant),
+        reservation_id=reservation_id(trip_id, step.participant, step.revision),
         auxiliary=step.participant in saga.auxiliary,
     )
     if step.finished_at is not None:

@@ -50,6 +50,7 @@ class StateWrite:
     at: datetime
     fence: int
     terminal: bool = False  # the lease ends with it: nobody needs to drive the trip any more
+    operations: list[dict[str, Any]] | None = None  # the trip's changes and cancellations, when it has any
 
 
 Write = NewTrip | StepWrite | StateWrite

@@ -17,6 +17,8 @@ STATES = (
     common_pb.TRIP_STATE_RESERVING,
     common_pb.TRIP_STATE_CONFIRMING,
     common_pb.TRIP_STATE_COMPENSATING,
+    common_pb.TRIP_STATE_CHANGING,
+    common_pb.TRIP_STATE_CANCELLING,
     common_pb.TRIP_STATE_NEEDS_ATTENTION,
     common_pb.TRIP_STATE_CONFIRMED,
     common_pb.TRIP_STATE_CANCELLED,

@@ -28,6 +28,10 @@ RUNNING = frozenset(
         common_pb.TRIP_STATE_RESERVING,
         common_pb.TRIP_STATE_CONFIRMING,
         common_pb.TRIP_STATE_COMPENSATING,
+        common_pb.TRIP_STATE_CHANGING,
+        common_pb.TRIP_STATE_CHANGE_CONFIRMING,
+        common_pb.TRIP_STATE_CHANGE_REVERTING,
+        common_pb.TRIP_STATE_CANCELLING,
     }
 )
 ACTIONS = {

@@ -18,3 +18,15 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             found.extend(v.field for v in bad.field_violations)
     return found
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason of a failed call ("" if it carries none)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "the error carries no google.rpc.Status"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
