@@ -61,6 +61,8 @@ GRPCURL_EXAMPLES = [
     "BookTrip ada-lisbon-1",
     "GetTrip ada-lisbon-1",
     "BookTrip ada-lisbon-car",
+    "ChangeTrip ada-lisbon-car",
+    "CancelTrip ada-lisbon-car",
     "BookTrip ada-vienna-sold-out",
     "BookTrip ada-lisbon-declined",
     "GetTrip ada-lisbon-declined",
@@ -294,6 +296,28 @@ def check_search_cars(runs: Runs, _mesh: RunningMesh) -> None:
     assert all(int(c["total"]["minor_units"]) == 7 * int(c["daily_rate"]["minor_units"]) for c in found["cars"])
 
 
+def check_change(runs: Runs, _mesh: RunningMesh) -> None:
+    answer = json.loads(runs["ChangeTrip ada-lisbon-car"].stdout)
+    change, trip = answer["change"], answer["trip"]
+    assert change["outcome"] == "TRIP_CHANGE_OUTCOME_APPLIED", change.get("reason")
+    assert change["price_difference"]["minor_units"] == str(2 * 4900) and change["revision"] == 2
+    assert trip["state"] == "TRIP_STATE_CONFIRMED" and trip["booked"]["car"]["drop_off_date"]["day"] == 20
+    statuses = {r["reservation_id"]: r["status"] for r in trip["reservations"]}
+    assert statuses["ada-lisbon-car/car"] == "RESERVATION_STATUS_CANCELLED"
+    assert statuses["ada-lisbon-car/car.2"] == statuses["ada-lisbon-car/payment.2"] == "RESERVATION_STATUS_CONFIRMED"
+    assert trip["paid"] == trip["total"]
+
+
+def check_cancel(runs: Runs, _mesh: RunningMesh) -> None:
+    trip = trip_of(runs["CancelTrip ada-lisbon-car"])
+    assert trip["state"] == "TRIP_STATE_CANCELLED" and trip["failure_reason"] == "cancelled by the customer"
+    assert [c["outcome"] for c in trip["changes"]] == ["TRIP_CHANGE_OUTCOME_APPLIED", "TRIP_CHANGE_OUTCOME_CANCELLED"]
+    statuses = {r["reservation_id"]: r["status"] for r in trip["reservations"]}
+    assert statuses["ada-lisbon-car/flight"] == statuses["ada-lisbon-car/car.2"] == "RESERVATION_STATUS_CANCELLED"
+    assert statuses["ada-lisbon-car/payment.3"] == "RESERVATION_STATUS_CONFIRMED"  # the refund, paid out
+    assert "minor_units" not in trip["paid"]  # nothing kept: JSON leaves a zero out
+
+
 def check_booking_with_a_car(runs: Runs, _mesh: RunningMesh) -> None:
     trip = trip_of(runs["BookTrip ada-lisbon-car"])
     assert trip["state"] == "TRIP_STATE_CONFIRMED", trip.get("failure_reason")
@@ -437,6 +461,8 @@ CHECKS: dict[str, Callable[[Runs, RunningMesh], None]] = {
     "BookTrip ada-lisbon-1": check_confirmed_booking,
     "GetTrip ada-lisbon-1": check_get_confirmed,
     "BookTrip ada-lisbon-car": check_booking_with_a_car,
+    "ChangeTrip ada-lisbon-car": check_change,
+    "CancelTrip ada-lisbon-car": check_cancel,
     "BookTrip ada-vienna-sold-out": check_sold_out,
     "BookTrip ada-lisbon-declined": check_booked_declined,
     "GetTrip ada-lisbon-declined": check_get_declined,
@@ -537,7 +563,7 @@ async def test_every_database_agrees_with_what_was_booked(
             trips = (await conn.execute(text("SELECT trip_id, state, request FROM trips"))).all()
         assert {t.trip_id: t.state for t in trips} == {
             "ada-lisbon-1": "CONFIRMED",
-            "ada-lisbon-car": "CONFIRMED",
+            "ada-lisbon-car": "CANCELLED",  # booked, changed, then cancelled by its customer
             snippet_run[0]: "CONFIRMED",
             CLI_TRIP: "CONFIRMED",
             "ada-vienna-sold-out": "CANCELLED",
@@ -545,10 +571,13 @@ async def test_every_database_agrees_with_what_was_booked(
         }  # and nothing for bad-1, which was refused before anything was written
         confirmed = [json.loads(t.request) for t in trips if t.state == "CONFIRMED"]
 
-        # one e-mail per confirmed trip, none for a cancelled one
-        mails = wait_for_mails(mesh.mail_dir, len(confirmed))
+        # one e-mail per confirmed trip, none for a cancelled one, but the changed and cancelled one's three
+        mails = wait_for_mails(mesh.mail_dir, len(confirmed) + 3)
         about = Counter(m["Subject"] for m in mails)
-        assert len(mails) == len(confirmed), about
+        assert len(mails) == len(confirmed) + 3, about
+        assert {s for s in about if "ada-lisbon-car" in s} == {
+            f"Your trip ada-lisbon-car is {what}" for what in ("booked", "changed", "cancelled")
+        }
         assert all(m["To"] == "ada@example.com" for m in mails)
         for request in confirmed:
             assert [s for s in about if request["trip_id"] in s] != [], (request["trip_id"], about)
