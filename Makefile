@@ -7,7 +7,7 @@
 #                  for mutual TLS between every process)
 #   make demo      venv + protos, then `tripmesh demo`: a fault-injected mix of trips on a mesh of its
 #                  own (ARGS="--trips 100 --seed 1" to pass options)
-#   make test      lint, typecheck, buf-lint, then pytest
+#   make test      lint, typecheck, buf-lint, then pytest (PYTEST_WORKERS=2 by default; 0 for one process)
 #   make fmt       ruff format + ruff's safe fixes
 #   make clean     removes var/ and the generated stubs (not .venv)
 #   make bench     the benchmark (not part of make test; ~15 min; ARGS=--quick for a 2-minute smoke run)
@@ -22,6 +22,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.tripmesh-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: most tests wait on real processes and I/O, so two workers on two
+# cores take the suite from ~10 to ~6 minutes. --dist loadscope keeps each module (and its module-scoped
+# mesh and after-all checks) on one worker. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 ARGS ?=
 
 PROTO_DIR := protos/tripmesh/v1
@@ -58,7 +62,7 @@ demo: venv protos
 
 test: venv protos
 	$(MAKE) --no-print-directory lint typecheck buf-lint
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 lint: venv protos
 	$(BIN)/ruff check .
