@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
+from services.kit.db import make_engine
+from services.kit.migrate import migrate
 from services.kit.money import Money
 from services.payment.models import charges, ledger, payment_methods, refund_allocations, reservations
 from tests.support.cases.payment import (
@@ -358,3 +360,38 @@ async def test_concurrent_refunds_never_pay_back_more_than_was_captured(payment:
     assert await refund_columns(payment, "t1/payment.2") == (10_000, 0, 10_000)
     assert await payment.counters() == (0, 0)
     assert await check_conservation(payment.running.engine) == []
+
+
+@pytest.mark.postgresql
+async def test_a_charge_captured_before_refunds_existed_can_be_refunded(databases: Databases) -> None:
+    """Migration 0003 gives every charge captured before it its charges row."""
+    url = databases.empty_url("payment")
+    engine = make_engine(url)
+    try:
+        await migrate(engine, "payment", target="0002_reservation_status_check")
+        async with engine.begin() as conn:
+            for statement in OLD_CAPTURE:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+    async with payment_server(url, HOLD_SECONDS) as payment:
+        assert await refund_columns(payment, "old/payment") == (4_200, 0, 0)
+        await payment.stub.Reserve(refund("old/payment.2", ["old/payment"], 4_200))
+        await payment.stub.Confirm(confirm("old/payment.2"))
+        assert await payment.counters() == (0, 0)
+        assert await check_conservation(payment.running.engine) == []
+
+
+NOW = "2027-03-01 10:00:00+00:00"
+OLD_CAPTURE = [
+    "INSERT INTO reservations (reservation_id, status, fingerprint, details, price_minor, currency, expire_at,"
+    " created_at, updated_at, tombstone) VALUES ('old/payment', 'CONFIRMED', 'fp', '{\"customer_id\": \"cust-ada\","
+    ' "payment_method_id": "pm_ada_visa", "amount_minor": 4200, "currency": "EUR"}\', 4200, \'EUR\', NULL,'
+    f" '{NOW}', '{NOW}', false)",
+    "UPDATE payment_methods SET captured_minor = 4200 WHERE payment_method_id = 'pm_ada_visa'",
+    *(
+        "INSERT INTO ledger (reservation_id, payment_method_id, kind, amount_minor, currency, at)"
+        f" VALUES ('old/payment', 'pm_ada_visa', '{kind}', 4200, 'EUR', '{NOW}')"
+        for kind in ("AUTHORIZE", "CAPTURE")
+    ),
+]
