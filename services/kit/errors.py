@@ -87,6 +87,27 @@ class ReservationCancelledError(TripmeshError):
     reason = "RESERVATION_CANCELLED"
 
 
+class ChargeNotCapturedError(TripmeshError):
+    """A refund drawn on a payment that is not a captured charge (held, cancelled, expired, a refund)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CHARGE_NOT_CAPTURED"
+
+
+class RefundExceedsCaptureError(TripmeshError):
+    """A refund larger than what its charges still have to give back."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "REFUND_EXCEEDS_CAPTURE"
+
+
+class RefundAlreadyPaidError(TripmeshError):
+    """Cancel of a refund paid out, or of a charge that refunds were drawn on: money already went back."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "REFUND_ALREADY_PAID"
+
+
 class ReservationNotFoundError(TripmeshError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "RESERVATION_NOT_FOUND"

@@ -10,10 +10,22 @@ same transaction as the domain's business change.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+RESERVATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+def reservation_id_problem(reservation_id: str) -> str | None:
+    """What is wrong with a reservation id as a caller wrote it, or None when it is well-formed."""
+    if not reservation_id:
+        return "must not be empty"
+    if not RESERVATION_ID.fullmatch(reservation_id):
+        return "must be 1-128 characters of letters, digits and . _ : / - (starting alphanumeric)"
+    return None
 
 
 class Status(StrEnum):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -33,20 +32,23 @@ from services.kit.errors import (
 )
 from services.kit.money import CATALOGUE_CURRENCY
 from services.participant.domain import DetailsT, ParticipantDomain
-from services.participant.states import Decision, Record, Status, on_cancel, on_confirm, on_reserve
+from services.participant.states import (
+    Decision,
+    Record,
+    Status,
+    on_cancel,
+    on_confirm,
+    on_reserve,
+    reservation_id_problem,
+)
 
 T = TypeVar("T")
 
-RESERVATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-
 
 def check_reservation_id(reservation_id: str) -> None:
-    if not reservation_id:
-        raise InvalidRequestError.of("reservation_id", "must not be empty")
-    if not RESERVATION_ID.fullmatch(reservation_id):
-        raise InvalidRequestError.of(
-            "reservation_id", "must be 1-128 characters of letters, digits and . _ : / - (starting alphanumeric)"
-        )
+    problem = reservation_id_problem(reservation_id)
+    if problem is not None:
+        raise InvalidRequestError.of("reservation_id", problem)
 
 
 def fingerprint(details: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The payment domain: what an authorisation holds (credit on a payment method) and how it moves.
 
 Reserve authorises (authorized += amount), Confirm captures (authorized -> captured), Cancel voids a
-hold (authorized -= amount) or refunds a capture (captured -= amount). Each movement is one
+hold (authorized -= amount) or refunds a capture (captured -= amount). A Reserve with `refund_of` is a
+refund instead, drawn on earlier charges (services/payment/refunds.py). Each movement is one
 conditional UPDATE on the method's counters plus one ledger row, in the store's transaction, so credit
 is never given twice (P6) and every cent can be accounted for (I6).
 
@@ -23,6 +24,7 @@ from services.kit.clock import Clock
 from services.kit.errors import FieldViolation, InvalidRequestError, PaymentDeclinedError
 from services.kit.money import ACCEPTED_CURRENCIES, Money
 from services.participant.states import Record, Status
+from services.payment import refunds
 from services.payment.models import ledger, payment_methods
 
 INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
@@ -35,6 +37,10 @@ class LedgerKind(StrEnum):
     VOID = "VOID"
     REFUND = "REFUND"
     EXPIRE = "EXPIRE"
+    # A refund's own movements (its payout is a REFUND): set aside, given back on cancel or on expiry.
+    REFUND_HOLD = "REFUND_HOLD"
+    REFUND_RELEASE = "REFUND_RELEASE"
+    REFUND_EXPIRE = "REFUND_EXPIRE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ class PaymentDetails:
     customer_id: str
     payment_method_id: str
     amount: Money
+    refund_of: tuple[str, ...] = ()  # non-empty: a refund drawn on these charges, in this order
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,7 @@ def validate_payment(details: PaymentDetails) -> None:
     if not details.payment_method_id.strip():
         violations.append(FieldViolation("payment_method_id", "must not be empty"))
     violations.extend(amount_violations(details.amount))
+    violations.extend(refunds.refund_of_violations(details.refund_of))
     if violations:
         raise InvalidRequestError(violations)
 
@@ -115,7 +123,7 @@ def check_method(details: PaymentDetails, method: MethodFacts | None) -> None:
             f"payment method {method.payment_method_id!r} is charged in {method.currency}, "
             f"not {details.amount.currency}",
         )
-    if method.always_declines:
+    if method.always_declines and not details.refund_of:  # an issuer never declines money paid back
         raise PaymentDeclinedError(
             "the card issuer declined the authorisation; try another payment method",
             metadata={"payment_method_id": method.payment_method_id},
@@ -123,9 +131,12 @@ def check_method(details: PaymentDetails, method: MethodFacts | None) -> None:
 
 
 def release_kind(record: Record, now: datetime) -> LedgerKind:
-    """How releasing a reservation is booked: a refund of a capture, or a void/expiry of a hold."""
+    """How releasing a reservation is booked: a refund of a capture, or a void/expiry of a hold (of a
+    held refund: its release or expiry)."""
     if record.status is Status.CONFIRMED:
         return LedgerKind.REFUND
+    if refunds.is_refund(record):
+        return LedgerKind.REFUND_EXPIRE if record.is_expired(now) else LedgerKind.REFUND_RELEASE
     return LedgerKind.EXPIRE if record.is_expired(now) else LedgerKind.VOID
 
 
@@ -177,16 +188,21 @@ class PaymentDomain:
         self.clock = clock
 
     def to_json(self, details: PaymentDetails) -> dict[str, Any]:
-        return {
+        stored: dict[str, Any] = {
             "customer_id": details.customer_id,
             "payment_method_id": details.payment_method_id,
             "amount_minor": details.amount.minor_units,
             "currency": details.amount.currency,
         }
+        if details.refund_of:  # only then: an authorisation's fingerprint stays what it always was
+            stored["refund_of"] = list(details.refund_of)
+        return stored
 
     def hold(self, conn: Connection, details: PaymentDetails, reservation_id: str) -> Money:
         validate_payment(details)
         check_method(details, _method_facts(conn, details.payment_method_id))
+        if details.refund_of:
+            return self._hold_refund(conn, details)
         params = {"b_method": details.payment_method_id, "b_amount": details.amount.minor_units}
         if conn.execute(_AUTHORIZE, params).first() is None:
             raise PaymentDeclinedError(
@@ -198,10 +214,30 @@ class PaymentDomain:
         return details.amount
 
     def confirm(self, conn: Connection, record: Record) -> None:
+        if refunds.is_refund(record):
+            refunds.pay_refund(conn, record.reservation_id)
+            self._move(conn, record, LedgerKind.REFUND)
+            return
         self._move(conn, record, LedgerKind.CAPTURE)
+        refunds.record_charge(conn, record, str(record.details["payment_method_id"]))
 
     def release(self, conn: Connection, record: Record) -> None:
-        self._move(conn, record, release_kind(record, self.clock.now()))
+        kind = release_kind(record, self.clock.now())
+        if refunds.is_refund(record):
+            refunds.release_refund(conn, record)  # refuses a refund already paid out
+            self._book_record(conn, record, kind)
+            return
+        if record.status is Status.CONFIRMED:
+            refunds.close_charge(conn, record)  # refuses a charge that refunds were drawn on
+        self._move(conn, record, kind)
+
+    def _hold_refund(self, conn: Connection, details: PaymentDetails) -> Money:
+        """Set a refund aside on the charges it names: validated against them under their locks."""
+        found = refunds.charge_facts(conn, details.refund_of)
+        refunds.check_charges(details.customer_id, details.payment_method_id, details.amount, details.refund_of, found)
+        refunds.hold_refund(conn, details.reservation_id, details.amount.minor_units, details.refund_of, found)
+        self._book(conn, details.reservation_id, details.payment_method_id, LedgerKind.REFUND_HOLD, details.amount)
+        return details.amount
 
     async def list_methods(self, customer_id: str) -> list[PaymentMethodView]:
         validate_customer_id(customer_id)
@@ -228,6 +264,10 @@ class PaymentDomain:
         statement = _MOVES["VOID" if kind is LedgerKind.EXPIRE else kind.value]
         if conn.execute(statement, {"b_method": method_id, "b_amount": record.price_minor}).first() is None:
             raise RuntimeError(f"payment method {method_id!r} counters out of step with {record.reservation_id!r}")
+        self._book_record(conn, record, kind)
+
+    def _book_record(self, conn: Connection, record: Record, kind: LedgerKind) -> None:
+        method_id = str(record.details["payment_method_id"])
         self._book(conn, record.reservation_id, method_id, kind, Money(record.price_minor, record.currency))
 
     def _book(self, conn: Connection, reservation_id: str, method_id: str, kind: LedgerKind, amount: Money) -> None:

@@ -26,6 +26,7 @@ def details_from_proto(request: payment_pb.PaymentServiceReserveRequest) -> Paym
         customer_id=request.customer_id,
         payment_method_id=request.payment_method_id,
         amount=Money(request.amount.minor_units, request.amount.currency_code),
+        refund_of=tuple(request.refund_of),
     )
 
 

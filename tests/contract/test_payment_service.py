@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 from sqlalchemy import select
 
-from services.kit.clock import FakeClock
 from services.kit.status import error_info
-from services.participant.runner import RunningParticipant, start_participant
-from services.payment.models import ledger, payment_methods
+from services.participant.runner import start_participant
+from services.payment.models import payment_methods
 from services.payment.servicer import SPEC
-from tests.support.cases.payment import SCARCE_CAPACITY, authorise, check_conservation
+from tests.support.cases.payment import (
+    SCARCE_CAPACITY,
+    authorise,
+    cancel,
+    check_conservation,
+    confirm,
+    payment_server,
+)
+from tests.support.cases.payment import PaymentServer as Payment
 from tests.support.databases import Databases
 from tests.support.status import field_violations
 from tripmesh.v1 import common_pb2 as common_pb
@@ -31,52 +37,10 @@ pytestmark = [pytest.mark.contract, pytest.mark.postgresql]
 HOLD_SECONDS = 60.0
 
 
-@dataclass
-class Payment:
-    running: RunningParticipant
-    stub: payment_grpc.PaymentServiceAsyncStub
-    clock: FakeClock
-
-    async def counters(self, method_id: str = "pm_ada_visa") -> tuple[int, int]:
-        """(authorized, captured) of a payment method, read from the database."""
-        c = payment_methods.c
-        async with self.running.engine.connect() as conn:
-            row = (
-                await conn.execute(select(c.authorized_minor, c.captured_minor).where(c.payment_method_id == method_id))
-            ).one()
-        return int(row[0]), int(row[1])
-
-    async def ledger_of(self, reservation_id: str) -> list[tuple[str, int]]:
-        async with self.running.engine.connect() as conn:
-            rows = await conn.execute(
-                select(ledger.c.kind, ledger.c.amount_minor)
-                .where(ledger.c.reservation_id == reservation_id)
-                .order_by(ledger.c.entry_id)
-            )
-            return [(str(kind), int(amount)) for kind, amount in rows]
-
-
 @pytest.fixture
 async def payment(databases: Databases) -> AsyncIterator[Payment]:
-    clock = FakeClock()
-    running = await start_participant(
-        SPEC,
-        database_url=databases.url("payment"),
-        clock=clock,
-        hold_seconds=HOLD_SECONDS,
-        sweep_seconds=None,
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        yield Payment(running, payment_grpc.PaymentServiceStub(channel), clock)  # type: ignore[arg-type]
-    await running.stop()
-
-
-def confirm(rid: str) -> payment_pb.PaymentServiceConfirmRequest:
-    return payment_pb.PaymentServiceConfirmRequest(reservation_id=rid)
-
-
-def cancel(rid: str) -> payment_pb.PaymentServiceCancelRequest:
-    return payment_pb.PaymentServiceCancelRequest(reservation_id=rid)
+    async with payment_server(databases.url("payment"), HOLD_SECONDS) as server:
+        yield server
 
 
 async def test_authorise_holds_the_amount_and_prices_the_reservation(payment: Payment) -> None:

@@ -251,7 +251,7 @@ async def test_bad_changes_and_cancellations_are_refused_and_change_nothing(mesh
         (
             trip_pb.ChangeTripRequest(trip_id=tid, change_id="x", hotel=stay(nights=(22, 15))),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "after check-in",
+            "must be after check-in",
         ),
         (trip_pb.ChangeTripRequest(trip_id="nope", change_id="x", drop_car=True), grpc.StatusCode.NOT_FOUND, "nope"),
     ]

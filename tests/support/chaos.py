@@ -368,7 +368,8 @@ async def reservation_rows(engine: AsyncEngine) -> dict[str, str]:
 
 
 async def ledger_counts(engine: AsyncEngine) -> dict[str, Counter[str]]:
-    """reservation_id -> how many ledger rows of each kind (AUTHORIZE, CAPTURE, VOID, REFUND, EXPIRE)."""
+    """reservation_id -> how many ledger rows of each kind (AUTHORIZE, CAPTURE, VOID, REFUND, EXPIRE, and a
+    refund's REFUND_HOLD, REFUND_RELEASE, REFUND_EXPIRE)."""
     counts: dict[str, Counter[str]] = {}
     async with engine.connect() as conn:
         for row in await conn.execute(text("SELECT reservation_id, kind FROM ledger")):
@@ -383,14 +384,19 @@ async def outbox_counts(engine: AsyncEngine) -> Counter[str]:
 
 
 def ledger_problems(ledger: Mapping[str, Counter[str]]) -> list[str]:
-    """I7 for money: each movement at most once per reservation, and never both captured and voided."""
+    """I7 for money: each movement at most once per reservation, never both captured and voided, and a
+    refund paid out only from a capture (a charge cancelled) or from a refund set aside (REFUND_HOLD)."""
     problems = []
     for rid, kinds in sorted(ledger.items()):
         problems.extend(f"I7: payment {rid} has {n} {kind} ledger rows" for kind, n in kinds.items() if n > 1)
         if kinds["CAPTURE"] and kinds["VOID"]:
             problems.append(f"I7: payment {rid} was both captured and voided: {dict(kinds)}")
-        if kinds["REFUND"] and not kinds["CAPTURE"]:
+        if kinds["REFUND"] and not (kinds["CAPTURE"] or kinds["REFUND_HOLD"]):
             problems.append(f"I7: payment {rid} was refunded without a capture: {dict(kinds)}")
+        if kinds["REFUND_HOLD"] and kinds["AUTHORIZE"]:
+            problems.append(f"I7: payment {rid} is both a charge and a refund: {dict(kinds)}")
+        if kinds["REFUND"] and (kinds["REFUND_RELEASE"] or kinds["REFUND_EXPIRE"]):
+            problems.append(f"I7: refund {rid} was both paid out and released: {dict(kinds)}")
     return problems
 
 

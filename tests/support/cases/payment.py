@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import grpc
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import grpc
+from sqlalchemy import select
+
+from services.kit.clock import FakeClock
+from services.participant.runner import RunningParticipant, start_participant
 from services.payment.audit import check_conservation as check_conservation  # re-exported for the tests
+from services.payment.models import ledger, payment_methods
 from services.payment.seed import SCARCE_LIMIT_MINOR
 from services.payment.servicer import SPEC
 from tests.support.participant_case import BadInput, ParticipantCase, Refusal
@@ -30,6 +38,30 @@ def authorise(
         payment_method_id=payment_method_id,
         amount=common_pb.Money(currency_code=currency, minor_units=minor_units),
     )
+
+
+def refund(
+    reservation_id: str,
+    refund_of: Sequence[str],
+    minor_units: int,
+    *,
+    customer_id: str = "cust-ada",
+    payment_method_id: str = "pm_ada_visa",
+) -> payment_pb.PaymentServiceReserveRequest:
+    """A Reserve that pays `minor_units` back out of the charges `refund_of`, drawn on in that order."""
+    request = authorise(
+        reservation_id, customer_id=customer_id, payment_method_id=payment_method_id, minor_units=minor_units
+    )
+    request.refund_of.extend(refund_of)
+    return request
+
+
+def confirm(reservation_id: str) -> payment_pb.PaymentServiceConfirmRequest:
+    return payment_pb.PaymentServiceConfirmRequest(reservation_id=reservation_id)
+
+
+def cancel(reservation_id: str) -> payment_pb.PaymentServiceCancelRequest:
+    return payment_pb.PaymentServiceCancelRequest(reservation_id=reservation_id)
 
 
 BAD_INPUTS = [
@@ -69,8 +101,8 @@ CASE = ParticipantCase(
     stub=payment_grpc.PaymentServiceStub,
     reserve_request=authorise,
     other_request=lambda rid: authorise(rid, minor_units=9900),
-    confirm_request=lambda rid: payment_pb.PaymentServiceConfirmRequest(reservation_id=rid),
-    cancel_request=lambda rid: payment_pb.PaymentServiceCancelRequest(reservation_id=rid),
+    confirm_request=confirm,
+    cancel_request=cancel,
     get_request=lambda rid: payment_pb.PaymentServiceGetReservationRequest(reservation_id=rid),
     bad_inputs=BAD_INPUTS,
     refusals=REFUSALS,
@@ -80,3 +112,43 @@ CASE = ParticipantCase(
     scarce_capacity=SCARCE_CAPACITY,
     check_conservation=check_conservation,
 )
+
+
+@dataclass
+class PaymentServer:
+    """A real payment server on port 0 with its own database and a fake clock, and a stub to call it."""
+
+    running: RunningParticipant
+    stub: payment_grpc.PaymentServiceAsyncStub
+    clock: FakeClock
+
+    async def counters(self, method_id: str = "pm_ada_visa") -> tuple[int, int]:
+        """(authorized, captured) of a payment method, read from the database."""
+        c = payment_methods.c
+        async with self.running.engine.connect() as conn:
+            row = (
+                await conn.execute(select(c.authorized_minor, c.captured_minor).where(c.payment_method_id == method_id))
+            ).one()
+        return int(row[0]), int(row[1])
+
+    async def ledger_of(self, reservation_id: str) -> list[tuple[str, int]]:
+        async with self.running.engine.connect() as conn:
+            rows = await conn.execute(
+                select(ledger.c.kind, ledger.c.amount_minor)
+                .where(ledger.c.reservation_id == reservation_id)
+                .order_by(ledger.c.entry_id)
+            )
+            return [(str(kind), int(amount)) for kind, amount in rows]
+
+
+@asynccontextmanager
+async def payment_server(database_url: str, hold_seconds: float) -> AsyncIterator[PaymentServer]:
+    clock = FakeClock()
+    running = await start_participant(
+        SPEC, database_url=database_url, clock=clock, hold_seconds=hold_seconds, sweep_seconds=None
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield PaymentServer(running, payment_grpc.PaymentServiceStub(channel), clock)  # type: ignore[arg-type]
+    finally:
+        await running.stop()
