@@ -526,7 +526,11 @@ def test_readme_cli_reads_trips(cli_runs: Runs) -> None:
     trips = cli_runs["trips --state cancelled"]
     assert trips.returncode == 0, described(trips)
     listed = [line.split()[:2] for line in trips.stdout.splitlines()[1:] if line.strip()]
-    expected = [["ada-lisbon-declined", "CANCELLED"], ["ada-vienna-sold-out", "CANCELLED"], ["ada-lisbon-car", "CANCELLED"]]
+    expected = [
+        ["ada-lisbon-declined", "CANCELLED"],
+        ["ada-vienna-sold-out", "CANCELLED"],
+        ["ada-lisbon-car", "CANCELLED"],
+    ]
     assert listed == expected, trips.stdout
 
 
