@@ -352,6 +352,11 @@ def _undone(row: demo.ScenarioRow) -> str:
     return " | ".join(PATH_LABELS.get(path, path) for path, _ in row.paths.most_common()) or "-"
 
 
+def _changed(row: demo.ScenarioRow) -> str:
+    """How the changes or cancellations after booking ended: 'APPLIED', 'REVERTED', 'CANCELLED'."""
+    return " | ".join(outcome for outcome, _ in row.changes.most_common()) or "-"
+
+
 SCENARIO_HEADERS = (
     "scenario",
     "trips",
@@ -359,6 +364,7 @@ SCENARIO_HEADERS = (
     "CANCELLED",
     "NEEDS_ATTENTION",
     "undone",
+    "then",
     "retried",
     "p50 ms",
     "p95 ms",
@@ -366,7 +372,7 @@ SCENARIO_HEADERS = (
 )
 
 
-def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> list[str]:
+def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str, changed: str) -> list[str]:
     return [
         row.title,
         str(row.trips),
@@ -374,6 +380,7 @@ def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> lis
         str(row.states.get("CANCELLED", 0)),
         str(row.states.get("NEEDS_ATTENTION", 0)),
         undone,
+        changed,
         str(row.retries),
         _ms(row.median_ms),
         _ms(row.p95_ms),
@@ -383,16 +390,18 @@ def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> lis
 
 def format_demo_scenarios(summary: demo.DemoSummary) -> str:
     """The outcome table: one line per scenario, then all of them. 'undone' is the compensation path,
+    'then' how a change or cancellation of the booked trip ended,
     'retried' the calls sent again after a transient fault or a lost reply, latency from acceptance to
     the terminal state."""
     rows = []
     for row in summary.rows:
         good = row.trips - row.surprises
         expected = f"{good}/{row.trips}" + ("" if good == row.trips else "  <--")
-        rows.append(_scenario_cells(row, expected=expected, undone=_undone(row)))
+        rows.append(_scenario_cells(row, expected=expected, undone=_undone(row), changed=_changed(row)))
     total = summary.total
-    rows.append(_scenario_cells(total, expected=f"{total.trips - total.surprises}/{total.trips}", undone=""))
-    return format_table(SCENARIO_HEADERS, rows, right=(1, 2, 3, 4, 6, 7, 8, 9))
+    done = f"{total.trips - total.surprises}/{total.trips}"
+    rows.append(_scenario_cells(total, expected=done, undone="", changed=""))
+    return format_table(SCENARIO_HEADERS, rows, right=(1, 2, 3, 4, 7, 8, 9, 10))
 
 
 def format_demo_paths(summary: demo.DemoSummary) -> str:
@@ -431,8 +440,9 @@ def format_demo_verdict(summary: demo.DemoSummary) -> str:
 
 
 DEMO_LEGEND = (
-    "undone: what the compensation released; retried: calls resent after an injected UNAVAILABLE or a lost\n"
-    "reply; p50/p95: milliseconds from acceptance to the final state"
+    "undone: what the compensation released; then: how the change or cancellation after booking ended;\n"
+    "retried: calls resent after an injected UNAVAILABLE or a lost reply; p50/p95: milliseconds from\n"
+    "acceptance to the final state"
 )
 
 

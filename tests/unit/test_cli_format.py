@@ -463,21 +463,45 @@ def demo_summary(*extra: TripResult, orphans: list[Orphan] | None = None) -> dem
     return demo.summarize(results, report, seconds=2.5)
 
 
+def cancelled_after_booking(number: int) -> TripResult:
+    """A demo trip booked, then cancelled by its customer: its cancels are the cancellation's, not a
+    compensation."""
+    done = demo_trip("cancelled", number, "CANCELLED", ("flight", "hotel"), 900)
+    assert done.trip is not None
+    done.trip.changes.add(
+        change_id="cancel", kind=trip_pb.TRIP_CHANGE_KIND_CANCEL, outcome=trip_pb.TRIP_CHANGE_OUTCOME_CANCELLED
+    )
+    planned = demo.PlannedTrip(done.planned.scenario, done.planned.request, trip_pb.CancelTripRequest())
+    return TripResult(planned, done.trip)
+
+
 def test_demo_scenario_table_counts_outcomes_paths_retries_and_latency() -> None:
-    assert cli_format.format_demo_scenarios(demo_summary()).splitlines() == [
-        "scenario                       trips  CONFIRMED  CANCELLED  NEEDS_ATTENTION  undone          retried  p50 ms"
-        "  p95 ms  as expected",
-        "round trip + hotel                 2          2          0                0  none                  2     500"
-        "     600          2/2",
-        "hotel sold out (3 suites)          1          0          1                0  flight only           1     180"
-        "     180          1/1",
-        "card declined                      1          0          1                0  flight + hotel        0     300"
-        "     300          1/1",
-        "hotel hold expired at confirm      1          0          1                0  full chain            0     520"
-        "     520          1/1",
-        "all                                5          2          3                0                        3     400"
-        "     600          5/5",
+    assert cli_format.format_demo_scenarios(demo_summary(cancelled_after_booking(6))).splitlines() == [
+        "scenario                       trips  CONFIRMED  CANCELLED  NEEDS_ATTENTION  undone          then   "
+        "    retried  p50 ms  p95 ms  as expected",
+        "round trip + hotel                 2          2          0                0  none            -      "
+        "          2     500     600          2/2",
+        "hotel sold out (3 suites)          1          0          1                0  flight only     -      "
+        "          1     180     180          1/1",
+        "card declined                      1          0          1                0  flight + hotel  -      "
+        "          0     300     300          1/1",
+        "hotel hold expired at confirm      1          0          1                0  full chain      -      "
+        "          0     520     520          1/1",
+        "cancelled after booking            1          0          1                0  none            CANCELL"
+        "ED        0     900     900          1/1",
+        "all                                6          2          4                0                         "
+        "          3     460     900          6/6",
     ]
+
+
+def test_a_change_that_ended_otherwise_is_a_surprise() -> None:
+    applied = cancelled_after_booking(7)
+    assert applied.as_expected and applied.change == "CANCELLED" and applied.path == demo.PATH_NONE
+    assert applied.trip is not None
+    applied.trip.changes[0].outcome = trip_pb.TRIP_CHANGE_OUTCOME_IN_PROGRESS
+    assert not applied.terminal and not applied.as_expected
+    never_sent = TripResult(applied.planned, trip_pb.Trip(state=common_pb.TRIP_STATE_CONFIRMED), "NOT_FOUND: gone")
+    assert never_sent.change == "" and not never_sent.as_expected
 
 
 def test_demo_paths_table_and_a_passing_verdict() -> None:
