@@ -154,9 +154,62 @@ def format_summary(trip: trip_pb.Trip) -> str:
     return "\n".join(lines)
 
 
+def change_outcome(change: trip_pb.TripChange) -> str:
+    return enum_label(trip_pb.TripChangeOutcome.Name(change.outcome), "TRIP_CHANGE_OUTCOME_")
+
+
+def format_changes(trip: trip_pb.Trip) -> str:
+    """The changes and cancellation of a booked trip, oldest first: what each touched and how it ended."""
+    rows = [
+        [
+            c.change_id,
+            enum_label(trip_pb.TripChangeKind.Name(c.kind), "TRIP_CHANGE_KIND_").lower(),
+            str(c.revision),
+            change_outcome(c),
+            "+".join(c.parts) or "-",
+            "+".join(c.dropped) or "-",
+            format_money(c.price_difference),
+            c.reason,
+        ]
+        for c in trip.changes
+    ]
+    headers = ("change", "kind", "revision", "outcome", "reserved", "let go", "difference", "reason")
+    return format_table(headers, rows, right=(2, 6))
+
+
 def format_trip(trip: trip_pb.Trip) -> str:
-    """Everything `tripmesh trip` and `tripmesh book` print: summary, reservations, step timeline."""
-    return "\n\n".join([format_summary(trip), format_reservations(trip), format_steps(trip)])
+    """Everything `tripmesh trip` and `tripmesh book` print: summary, reservations, step timeline; and the
+    changes, for a trip that has any."""
+    parts = [format_summary(trip), format_reservations(trip)]
+    if trip.changes:
+        parts.append(f"paid      {format_money(trip.paid)}\n\n{format_changes(trip)}")
+    return "\n\n".join([*parts, format_steps(trip)])
+
+
+def format_change(trip: trip_pb.Trip, change: trip_pb.TripChange) -> str:
+    """What `tripmesh change` prints: how the change ended, then the whole trip."""
+    outcome = change_outcome(change)
+    where = f"change {change.change_id} of {trip.trip_id}"
+    if change.outcome == trip_pb.TRIP_CHANGE_OUTCOME_APPLIED:
+        moved = format_money(change.price_difference)
+        headline = f"{where}: APPLIED ({'+'.join(change.parts) or 'nothing'} reserved anew; difference {moved})"
+    elif change.outcome == trip_pb.TRIP_CHANGE_OUTCOME_REVERTED:
+        headline = f"{where}: REVERTED, the trip stands as it was: {change.reason}"
+    else:
+        headline = f"{where}: {outcome} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+    return f"{headline}\n\n{format_trip(trip)}"
+
+
+def format_cancel(trip: trip_pb.Trip) -> str:
+    """What `tripmesh cancel` prints: where the trip went, then the whole trip."""
+    state = trip_state(trip.state)
+    if trip.state == common_pb.TRIP_STATE_CANCELLED:
+        headline = f"cancelled {trip.trip_id}: {trip.failure_reason or 'cancelled'}; paid {format_money(trip.paid)}"
+    elif trip.state == common_pb.TRIP_STATE_NEEDS_ATTENTION:
+        headline = f"cancelling {trip.trip_id} is stuck: NEEDS_ATTENTION; `tripmesh retry {trip.trip_id}` sends it on"
+    else:
+        headline = f"cancelling {trip.trip_id}: {state} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+    return f"{headline}\n\n{format_trip(trip)}"
 
 
 def format_trips(trips: Sequence[trip_pb.Trip]) -> str:
