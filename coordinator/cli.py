@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from alembic.util import CommandError
@@ -70,6 +70,7 @@ DEFAULT_ADDRESS = connect_address(
     f"{os.environ.get('TRIPMESH_COORDINATOR_HOST', 'localhost')}:{os.environ.get('TRIPMESH_COORDINATOR_PORT', '50050')}"
 )
 STARTUP_TIMEOUT = 30.0
+PartT = TypeVar("PartT", trip_pb.TripFlight, trip_pb.TripHotel, trip_pb.TripCar)
 STOP_GRACE = 10.0
 
 
@@ -275,57 +276,63 @@ def _enum_name(names: Sequence[str], prefix: str, text: str) -> str:
     return name
 
 
-def _flight_part(args: argparse.Namespace, base: trip_pb.TripFlight) -> trip_pb.TripFlight:
-    """`base` (the flight as booked, or the defaults) with what the flight options give."""
-    part = trip_pb.TripFlight()
+def _enum(enum: Any, prefix: str) -> Callable[[str], int]:
+    return lambda text: int(enum.Value(_enum_name(enum.keys(), prefix, text)))
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# option -> (the part's field, how the option's text becomes its value); dates are parsed by argparse
+FLIGHT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "flight": ("outbound_flight_id", str),
+    "return_flight": ("return_flight_id", str),
+    "cabin": ("cabin", _enum(flight_pb.Cabin, "CABIN_")),
+    "passengers": ("passenger_count", int),
+}
+HOTEL_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "hotel": ("hotel_id", str),
+    "room": ("room_type", _enum(hotel_pb.RoomType, "ROOM_TYPE_")),
+    "rooms": ("room_count", int),
+    "check_in": ("check_in", _as_is),
+    "check_out": ("check_out", _as_is),
+}
+CAR_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "car_city": ("city", str),
+    "car_class": ("car_class", _enum(car_pb.CarClass, "CAR_CLASS_")),
+    "pick_up": ("pick_up_date", _as_is),
+    "drop_off": ("drop_off_date", _as_is),
+}
+
+
+def _part(args: argparse.Namespace, base: PartT, fields: dict[str, tuple[str, Callable[[Any], Any]]]) -> PartT:
+    """A copy of `base` (the part as booked, or the defaults) with each option given set on it."""
+    part = type(base)()
     part.CopyFrom(base)
-    if args.flight is not None:
-        part.outbound_flight_id = args.flight
-    if args.return_flight is not None:
-        part.return_flight_id = args.return_flight
-    if args.cabin is not None:
-        part.cabin = flight_pb.Cabin.Value(_enum_name(flight_pb.Cabin.keys(), "CABIN_", args.cabin))
+    for option, (name, convert) in fields.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if isinstance(value, common_pb.Date):
+            getattr(part, name).CopyFrom(value)
+        else:
+            setattr(part, name, convert(value))
+    return part
+
+
+def _flight_part(args: argparse.Namespace, base: trip_pb.TripFlight) -> trip_pb.TripFlight:
+    part = _part(args, base, FLIGHT_FIELDS)
     if args.passengers is not None:
-        part.passenger_count = args.passengers
         del part.seats[:]  # named seats were for the party as it was
     if args.seats is not None:
         part.seats[:] = [seat.strip() for seat in args.seats.split(",") if seat.strip()]
     return part
 
 
-def _hotel_part(args: argparse.Namespace, base: trip_pb.TripHotel) -> trip_pb.TripHotel:
-    part = trip_pb.TripHotel()
-    part.CopyFrom(base)
-    if args.hotel is not None:
-        part.hotel_id = args.hotel
-    if args.room is not None:
-        part.room_type = hotel_pb.RoomType.Value(_enum_name(hotel_pb.RoomType.keys(), "ROOM_TYPE_", args.room))
-    if args.rooms is not None:
-        part.room_count = args.rooms
-    if args.check_in is not None:
-        part.check_in.CopyFrom(args.check_in)
-    if args.check_out is not None:
-        part.check_out.CopyFrom(args.check_out)
-    return part
-
-
-def _car_part(args: argparse.Namespace, base: trip_pb.TripCar) -> trip_pb.TripCar:
-    part = trip_pb.TripCar()
-    part.CopyFrom(base)
-    if args.car_city is not None:
-        part.city = args.car_city
-    if args.car_class is not None:
-        part.car_class = car_pb.CarClass.Value(_enum_name(car_pb.CarClass.keys(), "CAR_CLASS_", args.car_class))
-    if args.pick_up is not None:
-        part.pick_up_date.CopyFrom(args.pick_up)
-    if args.drop_off is not None:
-        part.drop_off_date.CopyFrom(args.drop_off)
-    return part
-
-
-FLIGHT_OPTIONS = ("flight", "return_flight", "cabin", "passengers", "seats")
-HOTEL_OPTIONS = ("hotel", "room", "rooms", "check_in", "check_out")
-CAR_OPTIONS = ("car_city", "car_class", "pick_up", "drop_off")
+FLIGHT_OPTIONS = (*FLIGHT_FIELDS, "seats")
+HOTEL_OPTIONS = tuple(HOTEL_FIELDS)
+CAR_OPTIONS = tuple(CAR_FIELDS)
 
 
 def _given(args: argparse.Namespace, options: Sequence[str]) -> bool:
@@ -347,10 +354,10 @@ def build_book_request(args: argparse.Namespace) -> trip_pb.BookTripRequest:
         if missing:
             raise CliError(f"--hotel needs {' and '.join(missing)}")
         request.hotel.CopyFrom(
-            _hotel_part(args, trip_pb.TripHotel(room_type=hotel_pb.ROOM_TYPE_STANDARD, room_count=1))
+            _part(args, trip_pb.TripHotel(room_type=hotel_pb.ROOM_TYPE_STANDARD, room_count=1), HOTEL_FIELDS)
         )
     if _given(args, CAR_OPTIONS):
-        request.car.CopyFrom(_car_part(args, trip_pb.TripCar(car_class=car_pb.CAR_CLASS_COMPACT)))
+        request.car.CopyFrom(_part(args, trip_pb.TripCar(car_class=car_pb.CAR_CLASS_COMPACT), CAR_FIELDS))
     return request
 
 
@@ -371,10 +378,10 @@ def build_change_request(args: argparse.Namespace, booked: trip_pb.BookTripReque
         request.flight.CopyFrom(_flight_part(args, booked.flight))
     if _given(args, HOTEL_OPTIONS):
         base = booked.hotel if booked.HasField("hotel") else trip_pb.TripHotel(room_type=hotel_pb.ROOM_TYPE_STANDARD)
-        request.hotel.CopyFrom(_hotel_part(args, base))
+        request.hotel.CopyFrom(_part(args, base, HOTEL_FIELDS))
     if _given(args, CAR_OPTIONS):
         base_car = booked.car if booked.HasField("car") else trip_pb.TripCar(car_class=car_pb.CAR_CLASS_COMPACT)
-        request.car.CopyFrom(_car_part(args, base_car))
+        request.car.CopyFrom(_part(args, base_car, CAR_FIELDS))
     if not (_given(args, (*FLIGHT_OPTIONS, *HOTEL_OPTIONS, *CAR_OPTIONS)) or args.drop_hotel or args.drop_car):
         raise CliError("nothing to change: give flight, hotel or car options, or --drop-hotel or --drop-car")
     return request

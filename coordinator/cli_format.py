@@ -196,7 +196,7 @@ def format_change(trip: trip_pb.Trip, change: trip_pb.TripChange) -> str:
     elif change.outcome == trip_pb.TRIP_CHANGE_OUTCOME_REVERTED:
         headline = f"{where}: REVERTED, the trip stands as it was: {change.reason}"
     else:
-        headline = f"{where}: {outcome} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+        headline = f"{where}: {outcome}{_still_going(trip)}"
     return f"{headline}\n\n{format_trip(trip)}"
 
 
@@ -208,8 +208,12 @@ def format_cancel(trip: trip_pb.Trip) -> str:
     elif trip.state == common_pb.TRIP_STATE_NEEDS_ATTENTION:
         headline = f"cancelling {trip.trip_id} is stuck: NEEDS_ATTENTION; `tripmesh retry {trip.trip_id}` sends it on"
     else:
-        headline = f"cancelling {trip.trip_id}: {state} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+        headline = f"cancelling {trip.trip_id}: {state}{_still_going(trip)}"
     return f"{headline}\n\n{format_trip(trip)}"
+
+
+def _still_going(trip: trip_pb.Trip) -> str:
+    return f" (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
 
 
 def format_trips(trips: Sequence[trip_pb.Trip]) -> str:
@@ -258,7 +262,7 @@ def format_retry(before: str, trip: trip_pb.Trip) -> str:
     elif trip.state in (common_pb.TRIP_STATE_CONFIRMED, common_pb.TRIP_STATE_CANCELLED):
         headline = f"retried {trip.trip_id}: {before} -> {after}"
     else:
-        headline = f"retried {trip.trip_id}: {after} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+        headline = f"retried {trip.trip_id}: {after}{_still_going(trip)}"
     return f"{headline}\n\n{format_trip(trip)}"
 
 

@@ -398,6 +398,20 @@ class Scenario:
     side_by_side: bool = False  # the party's seats, which it did not name, must be in one row, adjacent
 
 
+def _then(
+    key: str, title: str, build: Callable[[Draw], Trip], then: Callable[[Draw, Trip], FollowUp], end: str = "APPLIED"
+) -> Scenario:
+    """A trip that must confirm, then is changed or cancelled; `end` is how that must end."""
+    expect = "CANCELLED" if end == "CANCELLED" else "CONFIRMED"
+    return Scenario(key, title, expect, PATH_NONE, 1, LOAD, build, then=then, change=end)
+
+
+def _maybe_car(draw: Draw) -> Trip:
+    """A holiday, with a car half the time."""
+    trip = _holiday(draw.rng)
+    return _with_car(draw, trip) if draw.rng.random() < 0.5 else trip
+
+
 SCENARIOS = (
     Scenario("round-trip", "round trip + hotel", "CONFIRMED", PATH_NONE, 4, LOAD, lambda d: _holiday(d.rng)),
     Scenario("flight-only", "flight only", "CONFIRMED", PATH_NONE, 2, LOAD, lambda d: _holiday(d.rng, hotel=False)),
@@ -466,72 +480,16 @@ SCENARIOS = (
         LOAD,
         lambda d: _holiday(d.rng),
     ),
-    Scenario(
-        "new-dates",
-        "changed: new dates",
-        "CONFIRMED",
-        PATH_NONE,
-        1,
-        LOAD,
-        lambda d: _holiday(d.rng) if d.rng.random() < 0.5 else _with_car(d, _holiday(d.rng)),
-        then=_new_dates,
-        change="APPLIED",
+    _then("new-dates", "changed: new dates", _maybe_car, _new_dates),
+    _then(
+        "other-hotel", "changed: another hotel", lambda d: _holiday(d.rng, itinerary=d.rng.choice(LISBON)), _other_hotel
     ),
-    Scenario(
-        "other-hotel",
-        "changed: another hotel",
-        "CONFIRMED",
-        PATH_NONE,
-        1,
-        LOAD,
-        lambda d: _holiday(d.rng, itinerary=d.rng.choice(LISBON)),
-        then=_other_hotel,
-        change="APPLIED",
+    _then("car-in-out", "changed: car added or dropped", _maybe_car, _car_in_or_out),
+    _then("other-seats", "changed: other seats", lambda d: _named(d, _economy(d, (1, 2))), _other_seats),
+    _then(
+        "change-refused", "change refused (sold out, no such hotel)", lambda d: _holiday(d.rng), _impossible, "REVERTED"
     ),
-    Scenario(
-        "car-in-out",
-        "changed: car added or dropped",
-        "CONFIRMED",
-        PATH_NONE,
-        1,
-        LOAD,
-        lambda d: _holiday(d.rng) if d.rng.random() < 0.5 else _with_car(d, _holiday(d.rng)),
-        then=_car_in_or_out,
-        change="APPLIED",
-    ),
-    Scenario(
-        "other-seats",
-        "changed: other seats",
-        "CONFIRMED",
-        PATH_NONE,
-        1,
-        LOAD,
-        lambda d: _named(d, _economy(d, (1, 2))),
-        then=_other_seats,
-        change="APPLIED",
-    ),
-    Scenario(
-        "change-refused",
-        "change refused (sold out, no such hotel)",
-        "CONFIRMED",
-        PATH_NONE,
-        1,
-        LOAD,
-        lambda d: _holiday(d.rng),
-        then=_impossible,
-        change="REVERTED",
-    ),
-    Scenario(
-        "cancelled",
-        "cancelled after booking",
-        "CANCELLED",
-        PATH_NONE,
-        1,
-        LOAD,
-        lambda d: _holiday(d.rng) if d.rng.random() < 0.5 else _with_car(d, _holiday(d.rng)),
-        then=_cancel,
-        change="CANCELLED",
-    ),
+    _then("cancelled", "cancelled after booking", _maybe_car, _cancel, "CANCELLED"),
 )
 
 
