@@ -162,15 +162,24 @@ async def _reservations(engine: AsyncEngine) -> dict[str, Reservation]:
         }
 
 
-def _orphan_state(part: Reservation, trip: _Trip | None) -> str | None:
+def _orphan_state(participant: str, part: Reservation, trip: _Trip | None) -> str | None:
     """The trip state that makes this reservation an orphan, or None when its trip owns it."""
     if part.status not in LIVE_STATUSES:
         return None
     if trip is None:
         return MISSING
-    if trip.state == "CANCELLED" or (trip.state == "CONFIRMED" and part.status == "HELD"):
+    if trip.state == "CANCELLED" and not (part.status == "CONFIRMED" and _settled_record(participant, trip)):
+        return trip.state
+    if trip.state == "CONFIRMED" and part.status == "HELD":
         return trip.state
     return None  # a trip in flight or in NEEDS_ATTENTION still owns what it holds
+
+
+def _settled_record(participant: str, trip: _Trip) -> bool:
+    """A trip its customer cancelled after booking keeps its confirmed payments (the charge and the refund,
+    which I6 weighs) and the messages sent; only its priced parts must all be let go (I3)."""
+    cancelled_by_customer = any(op.get("outcome") == "CANCELLED" for op in trip.operations)
+    return cancelled_by_customer and participant not in PRICED_PARTS
 
 
 async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[str, AsyncEngine]) -> AuditReport:
@@ -211,7 +220,7 @@ async def audit(coordinator_engine: AsyncEngine, participant_engines: Mapping[st
     orphans: list[Orphan] = []
     for name, rows in held.items():
         for rid, part in rows.items():
-            trip_state = _orphan_state(part, trips.get(part.trip_id))
+            trip_state = _orphan_state(name, part, trips.get(part.trip_id))
             if trip_state is None:
                 continue
             orphans.append(Orphan(name, rid, part.status, trip_state))

@@ -5,6 +5,8 @@
     tripmesh certs [--dir var/certs]             a local CA and a certificate per process (cli_security.py)
     tripmesh dashboard [--port 8080]             the dashboard alone, for a coordinator already running
     tripmesh book --customer cust-ada ...        BookTrip, then the outcome and its step table
+    tripmesh change TRIP_ID --check-out ...      ChangeTrip: another flight, seats, stay, hotel or car (or drop one)
+    tripmesh cancel TRIP_ID                      CancelTrip: release everything, refund less the fare rules' fee
     tripmesh trip TRIP_ID                        GetTrip: state, reservations, step timeline
     tripmesh trips [--state needs-attention]     ListTrips (trips waiting for an operator, with why)
     tripmesh retry TRIP_ID                       RetryTrip: send a NEEDS_ATTENTION trip on again
@@ -30,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from alembic.util import CommandError
@@ -57,6 +59,7 @@ from services.kit.healthcheck import connect_address
 from services.kit.migrate import KINDS, migrate_databases
 from services.kit.tls import client_tls, sync_channel
 from services.kit.tracing import otlp_endpoint
+from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -67,6 +70,7 @@ DEFAULT_ADDRESS = connect_address(
     f"{os.environ.get('TRIPMESH_COORDINATOR_HOST', 'localhost')}:{os.environ.get('TRIPMESH_COORDINATOR_PORT', '50050')}"
 )
 STARTUP_TIMEOUT = 30.0
+PartT = TypeVar("PartT", trip_pb.TripFlight, trip_pb.TripHotel, trip_pb.TripCar)
 STOP_GRACE = 10.0
 
 
@@ -272,16 +276,74 @@ def _enum_name(names: Sequence[str], prefix: str, text: str) -> str:
     return name
 
 
+def _enum(enum: Any, prefix: str) -> Callable[[str], int]:
+    return lambda text: int(enum.Value(_enum_name(enum.keys(), prefix, text)))
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# option -> (the part's field, how the option's text becomes its value); dates are parsed by argparse
+FLIGHT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "flight": ("outbound_flight_id", str),
+    "return_flight": ("return_flight_id", str),
+    "cabin": ("cabin", _enum(flight_pb.Cabin, "CABIN_")),
+    "passengers": ("passenger_count", int),
+}
+HOTEL_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "hotel": ("hotel_id", str),
+    "room": ("room_type", _enum(hotel_pb.RoomType, "ROOM_TYPE_")),
+    "rooms": ("room_count", int),
+    "check_in": ("check_in", _as_is),
+    "check_out": ("check_out", _as_is),
+}
+CAR_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "car_city": ("city", str),
+    "car_class": ("car_class", _enum(car_pb.CarClass, "CAR_CLASS_")),
+    "pick_up": ("pick_up_date", _as_is),
+    "drop_off": ("drop_off_date", _as_is),
+}
+
+
+def _part(args: argparse.Namespace, base: PartT, fields: dict[str, tuple[str, Callable[[Any], Any]]]) -> PartT:
+    """A copy of `base` (the part as booked, or the defaults) with each option given set on it."""
+    part = type(base)()
+    part.CopyFrom(base)
+    for option, (name, convert) in fields.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if isinstance(value, common_pb.Date):
+            getattr(part, name).CopyFrom(value)
+        else:
+            setattr(part, name, convert(value))
+    return part
+
+
+def _flight_part(args: argparse.Namespace, base: trip_pb.TripFlight) -> trip_pb.TripFlight:
+    part = _part(args, base, FLIGHT_FIELDS)
+    if args.passengers is not None:
+        del part.seats[:]  # named seats were for the party as it was
+    if args.seats is not None:
+        part.seats[:] = [seat.strip() for seat in args.seats.split(",") if seat.strip()]
+    return part
+
+
+FLIGHT_OPTIONS = (*FLIGHT_FIELDS, "seats")
+HOTEL_OPTIONS = tuple(HOTEL_FIELDS)
+CAR_OPTIONS = tuple(CAR_FIELDS)
+
+
+def _given(args: argparse.Namespace, options: Sequence[str]) -> bool:
+    return any(getattr(args, option) is not None for option in options)
+
+
 def build_book_request(args: argparse.Namespace) -> trip_pb.BookTripRequest:
     request = trip_pb.BookTripRequest(
         trip_id=args.trip_id or f"trip-{uuid.uuid4().hex[:16]}",
         customer=trip_pb.Customer(customer_id=args.customer, email=args.email, name=args.name),
-        flight=trip_pb.TripFlight(
-            outbound_flight_id=args.flight,
-            return_flight_id=args.return_flight,
-            cabin=flight_pb.Cabin.Value(_enum_name(flight_pb.Cabin.keys(), "CABIN_", args.cabin)),
-            passenger_count=args.passengers,
-        ),
+        flight=_flight_part(args, trip_pb.TripFlight(cabin=flight_pb.CABIN_ECONOMY, passenger_count=1)),
         payment_method_id=args.payment_method,
         currency_code=args.currency,
     )
@@ -292,14 +354,36 @@ def build_book_request(args: argparse.Namespace) -> trip_pb.BookTripRequest:
         if missing:
             raise CliError(f"--hotel needs {' and '.join(missing)}")
         request.hotel.CopyFrom(
-            trip_pb.TripHotel(
-                hotel_id=args.hotel,
-                room_type=hotel_pb.RoomType.Value(_enum_name(hotel_pb.RoomType.keys(), "ROOM_TYPE_", args.room)),
-                check_in=args.check_in,
-                check_out=args.check_out,
-                room_count=args.rooms,
-            )
+            _part(args, trip_pb.TripHotel(room_type=hotel_pb.ROOM_TYPE_STANDARD, room_count=1), HOTEL_FIELDS)
         )
+    if _given(args, CAR_OPTIONS):
+        request.car.CopyFrom(_part(args, trip_pb.TripCar(car_class=car_pb.CAR_CLASS_COMPACT), CAR_FIELDS))
+    return request
+
+
+def build_change_request(args: argparse.Namespace, booked: trip_pb.BookTripRequest) -> trip_pb.ChangeTripRequest:
+    """A ChangeTrip carries each part it changes whole: a part with any option given is the part as `booked`
+    (the trip as it stands) with those options applied; a part with none stays as booked."""
+    request = trip_pb.ChangeTripRequest(
+        trip_id=args.trip_id,
+        change_id=args.change_id or f"change-{uuid.uuid4().hex[:12]}",
+        drop_hotel=args.drop_hotel,
+        drop_car=args.drop_car,
+    )
+    if args.drop_hotel and _given(args, HOTEL_OPTIONS):
+        raise CliError("--drop-hotel cannot go with hotel options (--hotel, --room, --rooms, --check-in, --check-out)")
+    if args.drop_car and _given(args, CAR_OPTIONS):
+        raise CliError("--drop-car cannot go with car options (--car-city, --car-class, --pick-up, --drop-off)")
+    if _given(args, FLIGHT_OPTIONS):
+        request.flight.CopyFrom(_flight_part(args, booked.flight))
+    if _given(args, HOTEL_OPTIONS):
+        base = booked.hotel if booked.HasField("hotel") else trip_pb.TripHotel(room_type=hotel_pb.ROOM_TYPE_STANDARD)
+        request.hotel.CopyFrom(_part(args, base, HOTEL_FIELDS))
+    if _given(args, CAR_OPTIONS):
+        base_car = booked.car if booked.HasField("car") else trip_pb.TripCar(car_class=car_pb.CAR_CLASS_COMPACT)
+        request.car.CopyFrom(_part(args, base_car, CAR_FIELDS))
+    if not (_given(args, (*FLIGHT_OPTIONS, *HOTEL_OPTIONS, *CAR_OPTIONS)) or args.drop_hotel or args.drop_car):
+        raise CliError("nothing to change: give flight, hotel or car options, or --drop-hotel or --drop-car")
     return request
 
 
@@ -310,6 +394,27 @@ def cmd_book(args: argparse.Namespace) -> int:
     trip = response.trip
     print(cli_format.format_trip(trip))
     return 0
+
+
+def cmd_change(args: argparse.Namespace) -> int:
+    """ChangeTrip; exit 1 when the change was refused or could not be had (REVERTED: the trip stands as it was)."""
+    lookup = trip_pb.GetTripRequest(trip_id=args.trip_id)
+    booked = _call(args.address, lambda stub: stub.GetTrip(lookup, timeout=args.timeout)).trip.booked
+    request = build_change_request(args, booked)
+    print(f"changing trip {request.trip_id} (change id {request.change_id}) ...", file=sys.stderr)
+    response = _call(args.address, lambda stub: stub.ChangeTrip(request, timeout=args.timeout))
+    print(cli_format.format_change(response.trip, response.change))
+    return 1 if response.change.outcome == trip_pb.TRIP_CHANGE_OUTCOME_REVERTED else 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """CancelTrip; exit 1 when the cancellation is parked in NEEDS_ATTENTION."""
+    request = trip_pb.CancelTripRequest(trip_id=args.trip_id)
+    print(f"cancelling trip {args.trip_id} ...", file=sys.stderr)
+    response = _call(args.address, lambda stub: stub.CancelTrip(request, timeout=args.timeout))
+    trip: trip_pb.Trip = response.trip
+    print(cli_format.format_cancel(trip))
+    return 1 if trip.state == common_pb.TRIP_STATE_NEEDS_ATTENTION else 0
 
 
 def cmd_trip(args: argparse.Namespace) -> int:
@@ -518,6 +623,30 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     cli_security.add_client_tls_option(parser)
 
 
+def _part_options(parser: argparse.ArgumentParser, *, booking: bool) -> None:
+    """The flight, hotel and car options of `book` (with its defaults) and `change` (unset: as booked)."""
+
+    def default(text: str) -> str:
+        return f" (default {text})" if booking else ""
+
+    parser.add_argument("--flight", required=booking, default=None, help="outbound flight id, e.g. TM101-20270315")
+    parser.add_argument("--return", dest="return_flight", default=None, help="return flight id, e.g. TM102-20270322")
+    parser.add_argument("--cabin", default=None, help="economy, premium-economy or business" + default("economy"))
+    parser.add_argument("--passengers", type=_positive, default=None, help="passenger count" + default("1"))
+    parser.add_argument("--seats", default=None, help="one named seat per passenger, held on every flight: 14A,14C")
+    parser.add_argument("--hotel", default=None, help="hotel id, e.g. lis-alfama" + (" (optional)" if booking else ""))
+    parser.add_argument("--room", default=None, help="standard, deluxe or suite" + default("standard"))
+    parser.add_argument("--rooms", type=_positive, default=None, help="room count" + default("1"))
+    parser.add_argument("--check-in", type=_date, default=None, help="YYYY-MM-DD")
+    parser.add_argument("--check-out", type=_date, default=None, help="YYYY-MM-DD")
+    parser.add_argument("--car-city", default=None, help="rent a car in this city, e.g. Lisbon")
+    parser.add_argument(
+        "--car-class", default=None, help="economy, compact, midsize, suv or luxury" + default("compact")
+    )
+    parser.add_argument("--pick-up", type=_date, default=None, help="the car's first day, YYYY-MM-DD")
+    parser.add_argument("--drop-off", type=_date, default=None, help="the day the car is returned, YYYY-MM-DD")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tripmesh", description="Run the tripmesh mesh and book trips through it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -561,19 +690,36 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--customer", required=True, help="customer id, e.g. cust-ada")
     book.add_argument("--email", required=True, help="where the confirmation goes")
     book.add_argument("--name", default="", help="the customer's name")
-    book.add_argument("--flight", required=True, help="outbound flight id, e.g. TM101-20270315")
-    book.add_argument("--return", dest="return_flight", default="", help="return flight id, e.g. TM102-20270322")
-    book.add_argument("--cabin", default="economy", help="economy, premium-economy or business (default economy)")
-    book.add_argument("--passengers", type=_positive, default=1, help="passenger count (default 1)")
-    book.add_argument("--hotel", default="", help="hotel id, e.g. lis-alfama (optional)")
-    book.add_argument("--room", default="standard", help="standard, deluxe or suite (default standard)")
-    book.add_argument("--rooms", type=_positive, default=1, help="room count (default 1)")
-    book.add_argument("--check-in", type=_date, help="YYYY-MM-DD")
-    book.add_argument("--check-out", type=_date, help="YYYY-MM-DD")
+    _part_options(book, booking=True)
     book.add_argument("--payment-method", required=True, help="payment method id, e.g. pm_ada_visa")
     book.add_argument("--currency", default="EUR", help="currency code (default EUR)")
     _client_options(book)
     book.set_defaults(handler=cmd_book)
+
+    change = commands.add_parser(
+        "change",
+        help="change a CONFIRMED trip (ChangeTrip) and print the outcome; exit 1 if the change is refused",
+        description="Each option replaces that field of the trip as it stands (GetTrip's booked); a part with "
+        "no option given stays as booked. The change is its own saga: the new parts are reserved while the "
+        "booked ones still hold, and if one cannot be had the change is REVERTED and the trip stays exactly "
+        "as it was (exit 1). --change-id is the idempotency key: send the same command again to follow it.",
+    )
+    change.add_argument("trip_id")
+    change.add_argument("--change-id", default="", help="the change's idempotency key (default: a new change-<uuid>)")
+    _part_options(change, booking=False)
+    change.add_argument("--drop-hotel", action="store_true", help="give up the hotel")
+    change.add_argument("--drop-car", action="store_true", help="give up the car")
+    _client_options(change)
+    change.set_defaults(handler=cmd_change)
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a CONFIRMED trip (CancelTrip): every part released, the payment refunded less the fare "
+        "rules' fee; prints the trip",
+    )
+    cancel.add_argument("trip_id")
+    _client_options(cancel)
+    cancel.set_defaults(handler=cmd_cancel)
 
     trip = commands.add_parser("trip", help="show one trip (GetTrip) with its step timeline")
     trip.add_argument("trip_id")

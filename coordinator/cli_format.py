@@ -154,9 +154,66 @@ def format_summary(trip: trip_pb.Trip) -> str:
     return "\n".join(lines)
 
 
+def change_outcome(change: trip_pb.TripChange) -> str:
+    return enum_label(trip_pb.TripChangeOutcome.Name(change.outcome), "TRIP_CHANGE_OUTCOME_")
+
+
+def format_changes(trip: trip_pb.Trip) -> str:
+    """The changes and cancellation of a booked trip, oldest first: what each touched and how it ended."""
+    rows = [
+        [
+            c.change_id,
+            enum_label(trip_pb.TripChangeKind.Name(c.kind), "TRIP_CHANGE_KIND_").lower(),
+            str(c.revision),
+            change_outcome(c),
+            "+".join(c.parts) or "-",
+            "+".join(c.dropped) or "-",
+            format_money(c.price_difference),
+            c.reason,
+        ]
+        for c in trip.changes
+    ]
+    headers = ("change", "kind", "revision", "outcome", "reserved", "let go", "difference", "reason")
+    return format_table(headers, rows, right=(2, 6))
+
+
 def format_trip(trip: trip_pb.Trip) -> str:
-    """Everything `tripmesh trip` and `tripmesh book` print: summary, reservations, step timeline."""
-    return "\n\n".join([format_summary(trip), format_reservations(trip), format_steps(trip)])
+    """Everything `tripmesh trip` and `tripmesh book` print: summary, reservations, step timeline; and the
+    changes, for a trip that has any."""
+    parts = [format_summary(trip), format_reservations(trip)]
+    if trip.changes:
+        parts.append(f"paid      {format_money(trip.paid)}\n\n{format_changes(trip)}")
+    return "\n\n".join([*parts, format_steps(trip)])
+
+
+def format_change(trip: trip_pb.Trip, change: trip_pb.TripChange) -> str:
+    """What `tripmesh change` prints: how the change ended, then the whole trip."""
+    outcome = change_outcome(change)
+    where = f"change {change.change_id} of {trip.trip_id}"
+    if change.outcome == trip_pb.TRIP_CHANGE_OUTCOME_APPLIED:
+        moved = format_money(change.price_difference)
+        headline = f"{where}: APPLIED ({'+'.join(change.parts) or 'nothing'} reserved anew; difference {moved})"
+    elif change.outcome == trip_pb.TRIP_CHANGE_OUTCOME_REVERTED:
+        headline = f"{where}: REVERTED, the trip stands as it was: {change.reason}"
+    else:
+        headline = f"{where}: {outcome}{_still_going(trip)}"
+    return f"{headline}\n\n{format_trip(trip)}"
+
+
+def format_cancel(trip: trip_pb.Trip) -> str:
+    """What `tripmesh cancel` prints: where the trip went, then the whole trip."""
+    state = trip_state(trip.state)
+    if trip.state == common_pb.TRIP_STATE_CANCELLED:
+        headline = f"cancelled {trip.trip_id}: {trip.failure_reason or 'cancelled'}; paid {format_money(trip.paid)}"
+    elif trip.state == common_pb.TRIP_STATE_NEEDS_ATTENTION:
+        headline = f"cancelling {trip.trip_id} is stuck: NEEDS_ATTENTION; `tripmesh retry {trip.trip_id}` sends it on"
+    else:
+        headline = f"cancelling {trip.trip_id}: {state}{_still_going(trip)}"
+    return f"{headline}\n\n{format_trip(trip)}"
+
+
+def _still_going(trip: trip_pb.Trip) -> str:
+    return f" (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
 
 
 def format_trips(trips: Sequence[trip_pb.Trip]) -> str:
@@ -205,7 +262,7 @@ def format_retry(before: str, trip: trip_pb.Trip) -> str:
     elif trip.state in (common_pb.TRIP_STATE_CONFIRMED, common_pb.TRIP_STATE_CANCELLED):
         headline = f"retried {trip.trip_id}: {before} -> {after}"
     else:
-        headline = f"retried {trip.trip_id}: {after} (still going; `tripmesh trip {trip.trip_id}` shows how it ends)"
+        headline = f"retried {trip.trip_id}: {after}{_still_going(trip)}"
     return f"{headline}\n\n{format_trip(trip)}"
 
 
@@ -352,6 +409,11 @@ def _undone(row: demo.ScenarioRow) -> str:
     return " | ".join(PATH_LABELS.get(path, path) for path, _ in row.paths.most_common()) or "-"
 
 
+def _changed(row: demo.ScenarioRow) -> str:
+    """How the changes or cancellations after booking ended: 'APPLIED', 'REVERTED', 'CANCELLED'."""
+    return " | ".join(outcome for outcome, _ in row.changes.most_common()) or "-"
+
+
 SCENARIO_HEADERS = (
     "scenario",
     "trips",
@@ -359,6 +421,7 @@ SCENARIO_HEADERS = (
     "CANCELLED",
     "NEEDS_ATTENTION",
     "undone",
+    "then",
     "retried",
     "p50 ms",
     "p95 ms",
@@ -366,7 +429,7 @@ SCENARIO_HEADERS = (
 )
 
 
-def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> list[str]:
+def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str, changed: str) -> list[str]:
     return [
         row.title,
         str(row.trips),
@@ -374,6 +437,7 @@ def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> lis
         str(row.states.get("CANCELLED", 0)),
         str(row.states.get("NEEDS_ATTENTION", 0)),
         undone,
+        changed,
         str(row.retries),
         _ms(row.median_ms),
         _ms(row.p95_ms),
@@ -383,16 +447,18 @@ def _scenario_cells(row: demo.ScenarioRow, *, expected: str, undone: str) -> lis
 
 def format_demo_scenarios(summary: demo.DemoSummary) -> str:
     """The outcome table: one line per scenario, then all of them. 'undone' is the compensation path,
+    'then' how a change or cancellation of the booked trip ended,
     'retried' the calls sent again after a transient fault or a lost reply, latency from acceptance to
     the terminal state."""
     rows = []
     for row in summary.rows:
         good = row.trips - row.surprises
         expected = f"{good}/{row.trips}" + ("" if good == row.trips else "  <--")
-        rows.append(_scenario_cells(row, expected=expected, undone=_undone(row)))
+        rows.append(_scenario_cells(row, expected=expected, undone=_undone(row), changed=_changed(row)))
     total = summary.total
-    rows.append(_scenario_cells(total, expected=f"{total.trips - total.surprises}/{total.trips}", undone=""))
-    return format_table(SCENARIO_HEADERS, rows, right=(1, 2, 3, 4, 6, 7, 8, 9))
+    done = f"{total.trips - total.surprises}/{total.trips}"
+    rows.append(_scenario_cells(total, expected=done, undone="", changed=""))
+    return format_table(SCENARIO_HEADERS, rows, right=(1, 2, 3, 4, 7, 8, 9, 10))
 
 
 def format_demo_paths(summary: demo.DemoSummary) -> str:
@@ -431,8 +497,9 @@ def format_demo_verdict(summary: demo.DemoSummary) -> str:
 
 
 DEMO_LEGEND = (
-    "undone: what the compensation released; retried: calls resent after an injected UNAVAILABLE or a lost\n"
-    "reply; p50/p95: milliseconds from acceptance to the final state"
+    "undone: what the compensation released; then: how the change or cancellation after booking ended;\n"
+    "retried: calls resent after an injected UNAVAILABLE or a lost reply; p50/p95: milliseconds from\n"
+    "acceptance to the final state"
 )
 
 

@@ -42,7 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +65,7 @@ from coordinator.launcher import (
 )
 from coordinator.saga import TRIP_SAGA
 from services.kit.tls import aio_channel, client_tls
+from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -152,6 +153,17 @@ ITINERARIES = (
     Itinerary("TM191", "TM192", ("bcn-gotic",)),  # Madrid -> Barcelona
 )
 REGIONAL = Itinerary("TM401", "TM402", ("vie-ringstrasse",))  # Zurich -> Vienna, 8 business seats
+LISBON = ITINERARIES[:2]  # two hotels to choose between
+# A hotel id's prefix -> the city whose car fleet serves it (services/car/catalogue.py).
+CITIES = {
+    "lis": "Lisbon",
+    "lon": "London",
+    "par": "Paris",
+    "ams": "Amsterdam",
+    "rom": "Rome",
+    "vie": "Vienna",
+    "bcn": "Barcelona",
+}
 FIRST_DAY = date(2027, 3, 1)
 LAST_DAY = date(2027, 4, 29)  # the last day with flights and the last night on sale
 TRAVELLERS = (
@@ -181,6 +193,14 @@ BROKE = Payer("cust-bob", "pm_bob_mc", "Bob Marley")  # EUR 200 of credit, less 
 
 
 @dataclass(frozen=True)
+class Car:
+    city: str
+    car_class: car_pb.CarClass.ValueType
+    pick_up: date
+    drop_off: date
+
+
+@dataclass(frozen=True)
 class Trip:
     """The parts of a trip, before it becomes a request."""
 
@@ -193,10 +213,42 @@ class Trip:
     rooms: int = 1
     check_in: date | None = None
     check_out: date | None = None
+    seats: tuple[str, ...] = ()  # named seats, the same on both flights; none: the service seats the party
+    car: Car | None = None
+
+
+class Draw:
+    """What a scenario draws from: the seeded dice, and the seats this plan has already named on each flight,
+    so that two planned trips never name one seat (SEAT_TAKEN is not what any scenario is about)."""
+
+    BACK_ROWS = range(34, 24, -1)  # economy on a mainline jet is rows 10-34; the service seats parties front first
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.named: dict[str, set[str]] = {}
+
+    def seats(self, flight_ids: Sequence[str], count: int) -> tuple[str, ...]:
+        """`count` economy seats side by side in one of the back rows, named on none of these flights yet;
+        none when the back rows are full (the service then chooses)."""
+        taken = set().union(*(self.named.get(f, set()) for f in flight_ids))
+        for row in self.BACK_ROWS:
+            free = [f"{row}{letter}" for letter in "ABCDEF" if f"{row}{letter}" not in taken]
+            if len(free) >= count:
+                chosen = tuple(free[:count])
+                for flight_id in flight_ids:
+                    self.named.setdefault(flight_id, set()).update(chosen)
+                return chosen
+        return ()
 
 
 def _flight_id(number: str, day: date) -> str:
     return f"{number}-{day:%Y%m%d}"
+
+
+def _moved(flight_id: str, days: int) -> str:
+    """The same flight number `days` later: 'TM101-20270315', 2 -> 'TM101-20270317'."""
+    number, _, day = flight_id.partition("-")
+    return _flight_id(number, date(int(day[:4]), int(day[4:6]), int(day[6:])) + timedelta(days=days))
 
 
 def _dates(rng: random.Random, *, min_nights: int = 2, max_nights: int = 7) -> tuple[date, date]:
@@ -240,11 +292,8 @@ def _holiday(
         else rng.choice((hotel_pb.ROOM_TYPE_STANDARD,) * 3 + (hotel_pb.ROOM_TYPE_DELUXE,))
     )
     default_rooms = 1 if room != hotel_pb.ROOM_TYPE_STANDARD else min(2, (party + 1) // 2)
-    return Trip(
-        trip.outbound_flight_id,
-        trip.return_flight_id,
-        seat,
-        party,
+    return replace(
+        trip,
         hotel_id=rng.choice(route.hotels),
         room_type=room,
         rooms=rooms if rooms is not None else default_rooms,
@@ -253,20 +302,138 @@ def _holiday(
     )
 
 
+def _with_car(draw: Draw, trip: Trip) -> Trip:
+    """The trip with a car in its hotel's city for the stay (classes with a fleet to spare)."""
+    assert trip.check_in is not None and trip.check_out is not None, "a car goes with a stay"
+    car_class = draw.rng.choice((car_pb.CAR_CLASS_ECONOMY, car_pb.CAR_CLASS_COMPACT, car_pb.CAR_CLASS_MIDSIZE))
+    return replace(trip, car=Car(CITIES[trip.hotel_id[:3]], car_class, trip.check_in, trip.check_out))
+
+
+def _named(draw: Draw, trip: Trip) -> Trip:
+    return replace(trip, seats=draw.seats((trip.outbound_flight_id, trip.return_flight_id), trip.passengers))
+
+
+def _economy(draw: Draw, passengers: tuple[int, ...], **given: Any) -> Trip:
+    return _holiday(draw.rng, cabin=flight_pb.CABIN_ECONOMY, passengers=draw.rng.choice(passengers), **given)
+
+
+# What is done with a trip once it is CONFIRMED: a change (without its trip id, which the plan adds) or a
+# cancellation.
+FollowUp = trip_pb.ChangeTripRequest | trip_pb.CancelTripRequest
+
+
+def _new_dates(draw: Draw, trip: Trip) -> FollowUp:
+    """The whole trip one to three days earlier or later: new flights, the stay and the car moved with it."""
+    assert trip.check_in is not None and trip.check_out is not None
+    shifts = [d for d in (-3, -2, -1, 1, 2, 3) if trip.check_in + timedelta(days=d) >= FIRST_DAY]
+    days = draw.rng.choice([d for d in shifts if trip.check_out + timedelta(days=d) <= LAST_DAY])
+    step = timedelta(days=days)
+    moved = replace(
+        trip,
+        outbound_flight_id=_moved(trip.outbound_flight_id, days),
+        return_flight_id=_moved(trip.return_flight_id, days),
+        check_in=trip.check_in + step,
+        check_out=trip.check_out + step,
+        car=None
+        if trip.car is None
+        else replace(trip.car, pick_up=trip.car.pick_up + step, drop_off=trip.car.drop_off + step),
+    )
+    change = trip_pb.ChangeTripRequest(change_id="new-dates", flight=_flight_part(moved), hotel=_hotel_part(moved))
+    if moved.car is not None:
+        change.car.CopyFrom(_car_part(moved.car))
+    return change
+
+
+def _other_hotel(draw: Draw, trip: Trip) -> FollowUp:
+    other = next(h for route in LISBON for h in route.hotels if h != trip.hotel_id)
+    return trip_pb.ChangeTripRequest(change_id="other-hotel", hotel=_hotel_part(replace(trip, hotel_id=other)))
+
+
+def _car_in_or_out(draw: Draw, trip: Trip) -> FollowUp:
+    """Drop the car a trip has; add one to a trip without."""
+    if trip.car is not None:
+        return trip_pb.ChangeTripRequest(change_id="drop-car", drop_car=True)
+    car = _with_car(draw, trip).car
+    assert car is not None
+    return trip_pb.ChangeTripRequest(change_id="add-car", car=_car_part(car))
+
+
+def _other_seats(draw: Draw, trip: Trip) -> FollowUp:
+    return trip_pb.ChangeTripRequest(change_id="other-seats", flight=_flight_part(_named(draw, trip)))
+
+
+def _cancel(draw: Draw, trip: Trip) -> FollowUp:
+    return trip_pb.CancelTripRequest()
+
+
+def _impossible(draw: Draw, trip: Trip) -> FollowUp:
+    """A change that cannot be had: 9 in business on the 8-seat regional jet, or a hotel nobody has."""
+    if draw.rng.random() < 0.5:
+        assert trip.check_in is not None and trip.check_out is not None
+        flight = trip_pb.TripFlight(
+            outbound_flight_id=_flight_id(REGIONAL.outbound, trip.check_in),
+            return_flight_id=_flight_id(REGIONAL.back, trip.check_out),
+            cabin=flight_pb.CABIN_BUSINESS,
+            passenger_count=9,
+        )
+        return trip_pb.ChangeTripRequest(change_id="sold-out-flight", flight=flight)
+    return trip_pb.ChangeTripRequest(
+        change_id="unknown-hotel", hotel=_hotel_part(replace(trip, hotel_id="atlantis-deep"))
+    )
+
+
 @dataclass(frozen=True)
 class Scenario:
     key: str  # in the trip id: "card-declined"
     title: str  # for people: "card declined"
     expect: str  # the trip state it must end in: "CONFIRMED" or "CANCELLED"
-    path: str  # the compensation path it must take (PATHS)
+    path: str  # the compensation path its booking must take (PATHS)
     weight: int  # its share of the mix
     payer: Payer
-    build: Callable[[random.Random], Trip]
+    build: Callable[[Draw], Trip]
+    # Once the trip is CONFIRMED: the change or cancellation sent, and how it must end (TripChangeOutcome
+    # without its prefix: "APPLIED", "REVERTED", "CANCELLED").
+    then: Callable[[Draw, Trip], FollowUp] | None = None
+    change: str = ""
+    side_by_side: bool = False  # the party's seats, which it did not name, must be in one row, adjacent
+
+
+def _then(
+    key: str, title: str, build: Callable[[Draw], Trip], then: Callable[[Draw, Trip], FollowUp], end: str = "APPLIED"
+) -> Scenario:
+    """A trip that must confirm, then is changed or cancelled; `end` is how that must end."""
+    expect = "CANCELLED" if end == "CANCELLED" else "CONFIRMED"
+    return Scenario(key, title, expect, PATH_NONE, 1, LOAD, build, then=then, change=end)
+
+
+def _maybe_car(draw: Draw) -> Trip:
+    """A holiday, with a car half the time."""
+    trip = _holiday(draw.rng)
+    return _with_car(draw, trip) if draw.rng.random() < 0.5 else trip
 
 
 SCENARIOS = (
-    Scenario("round-trip", "round trip + hotel", "CONFIRMED", PATH_NONE, 4, LOAD, _holiday),
-    Scenario("flight-only", "flight only", "CONFIRMED", PATH_NONE, 2, LOAD, lambda rng: _holiday(rng, hotel=False)),
+    Scenario("round-trip", "round trip + hotel", "CONFIRMED", PATH_NONE, 4, LOAD, lambda d: _holiday(d.rng)),
+    Scenario("flight-only", "flight only", "CONFIRMED", PATH_NONE, 2, LOAD, lambda d: _holiday(d.rng, hotel=False)),
+    Scenario(
+        "car-seats",
+        "car + named seats",
+        "CONFIRMED",
+        PATH_NONE,
+        1,
+        LOAD,
+        lambda d: _named(d, _with_car(d, _economy(d, (1, 2, 2, 3)))),
+    ),
+    Scenario(
+        "car-party",
+        "car + party seated side by side",
+        "CONFIRMED",
+        PATH_NONE,
+        1,
+        LOAD,
+        lambda d: _with_car(d, _economy(d, (3, 4))),
+        side_by_side=True,
+    ),
     Scenario(
         "hotel-sold-out",
         "hotel sold out (3 suites)",
@@ -274,7 +441,7 @@ SCENARIOS = (
         PATH_FLIGHT,
         1,
         LOAD,
-        lambda rng: _holiday(rng, room_type=hotel_pb.ROOM_TYPE_SUITE, rooms=3),
+        lambda d: _holiday(d.rng, room_type=hotel_pb.ROOM_TYPE_SUITE, rooms=3),
     ),
     Scenario(
         "flight-sold-out",
@@ -283,9 +450,9 @@ SCENARIOS = (
         PATH_HOTEL,
         1,
         LOAD,
-        lambda rng: _holiday(rng, itinerary=REGIONAL, cabin=flight_pb.CABIN_BUSINESS, passengers=9, rooms=1),
+        lambda d: _holiday(d.rng, itinerary=REGIONAL, cabin=flight_pb.CABIN_BUSINESS, passengers=9, rooms=1),
     ),
-    Scenario("card-declined", "card declined", "CANCELLED", PATH_FLIGHT_HOTEL, 1, DECLINED, _holiday),
+    Scenario("card-declined", "card declined", "CANCELLED", PATH_FLIGHT_HOTEL, 1, DECLINED, lambda d: _holiday(d.rng)),
     Scenario(
         "no-funds",
         "insufficient funds",
@@ -293,10 +460,36 @@ SCENARIOS = (
         PATH_FLIGHT_HOTEL,
         1,
         BROKE,
-        lambda rng: _holiday(rng, cabin=flight_pb.CABIN_ECONOMY, passengers=1, rooms=1),
+        lambda d: _holiday(d.rng, cabin=flight_pb.CABIN_ECONOMY, passengers=1, rooms=1),
     ),
-    Scenario(HOTEL_HOLD_EXPIRED, "hotel hold expired at confirm", "CANCELLED", PATH_FULL, 1, LOAD, _holiday),
-    Scenario(FLIGHT_HOLD_EXPIRED, "flight hold expired at confirm", "CANCELLED", PATH_FULL, 1, LOAD, _holiday),
+    Scenario(
+        HOTEL_HOLD_EXPIRED,
+        "hotel hold expired at confirm",
+        "CANCELLED",
+        PATH_FULL,
+        1,
+        LOAD,
+        lambda d: _holiday(d.rng),
+    ),
+    Scenario(
+        FLIGHT_HOLD_EXPIRED,
+        "flight hold expired at confirm",
+        "CANCELLED",
+        PATH_FULL,
+        1,
+        LOAD,
+        lambda d: _holiday(d.rng),
+    ),
+    _then("new-dates", "changed: new dates", _maybe_car, _new_dates),
+    _then(
+        "other-hotel", "changed: another hotel", lambda d: _holiday(d.rng, itinerary=d.rng.choice(LISBON)), _other_hotel
+    ),
+    _then("car-in-out", "changed: car added or dropped", _maybe_car, _car_in_or_out),
+    _then("other-seats", "changed: other seats", lambda d: _named(d, _economy(d, (1, 2))), _other_seats),
+    _then(
+        "change-refused", "change refused (sold out, no such hotel)", lambda d: _holiday(d.rng), _impossible, "REVERTED"
+    ),
+    _then("cancelled", "cancelled after booking", _maybe_car, _cancel, "CANCELLED"),
 )
 
 
@@ -304,10 +497,16 @@ SCENARIOS = (
 class PlannedTrip:
     scenario: Scenario
     request: trip_pb.BookTripRequest
+    then: FollowUp | None = None  # sent once the trip is CONFIRMED, with its trip id
 
     @property
     def trip_id(self) -> str:
         return self.request.trip_id
+
+    @property
+    def change_id(self) -> str:
+        """The id the trip records the follow-up under (a cancellation's is "cancel")."""
+        return self.then.change_id if isinstance(self.then, trip_pb.ChangeTripRequest) else "cancel"
 
 
 def scenario_counts(total: int) -> dict[str, int]:
@@ -336,38 +535,58 @@ def plan_trips(total: int, seed: int, run: str) -> list[PlannedTrip]:
     carrying the scenario's marker the fault rules match.
     """
     rng = random.Random(seed)
+    draw = Draw(rng)
     counts = scenario_counts(total)
     order = [s for s in SCENARIOS for _ in range(counts[s.key])]
     rng.shuffle(order)
     planned = []
     for number, scenario in enumerate(order, start=1):
-        trip = scenario.build(rng)
+        trip = scenario.build(draw)
         name = scenario.payer.name or rng.choice(TRAVELLERS)
         email = name.lower().replace(" ", ".") + "@example.com"
         request = trip_pb.BookTripRequest(
             trip_id=f"demo-{run}-{number:03d}-{scenario.key}",
             customer=trip_pb.Customer(customer_id=scenario.payer.customer_id, email=email, name=name),
-            flight=trip_pb.TripFlight(
-                outbound_flight_id=trip.outbound_flight_id,
-                return_flight_id=trip.return_flight_id,
-                cabin=trip.cabin,
-                passenger_count=trip.passengers,
-            ),
+            flight=_flight_part(trip),
             payment_method_id=scenario.payer.payment_method_id,
             currency_code="EUR",
         )
-        if trip.hotel_id and trip.check_in and trip.check_out:
-            request.hotel.CopyFrom(
-                trip_pb.TripHotel(
-                    hotel_id=trip.hotel_id,
-                    room_type=trip.room_type,
-                    check_in=_date(trip.check_in),
-                    check_out=_date(trip.check_out),
-                    room_count=trip.rooms,
-                )
-            )
-        planned.append(PlannedTrip(scenario, request))
+        if trip.hotel_id:
+            request.hotel.CopyFrom(_hotel_part(trip))
+        if trip.car is not None:
+            request.car.CopyFrom(_car_part(trip.car))
+        then = scenario.then(draw, trip) if scenario.then is not None else None
+        if then is not None:
+            then.trip_id = request.trip_id
+        planned.append(PlannedTrip(scenario, request, then))
     return planned
+
+
+def _flight_part(trip: Trip) -> trip_pb.TripFlight:
+    return trip_pb.TripFlight(
+        outbound_flight_id=trip.outbound_flight_id,
+        return_flight_id=trip.return_flight_id,
+        cabin=trip.cabin,
+        passenger_count=trip.passengers,
+        seats=trip.seats,
+    )
+
+
+def _hotel_part(trip: Trip) -> trip_pb.TripHotel:
+    assert trip.check_in is not None and trip.check_out is not None, "a hotel needs its dates"
+    return trip_pb.TripHotel(
+        hotel_id=trip.hotel_id,
+        room_type=trip.room_type,
+        check_in=_date(trip.check_in),
+        check_out=_date(trip.check_out),
+        room_count=trip.rooms,
+    )
+
+
+def _car_part(car: Car) -> trip_pb.TripCar:
+    return trip_pb.TripCar(
+        city=car.city, car_class=car.car_class, pick_up_date=_date(car.pick_up), drop_off_date=_date(car.drop_off)
+    )
 
 
 def _date(day: date) -> common_pb.Date:
@@ -393,6 +612,8 @@ def compensation_steps(trip: trip_pb.Trip) -> str:
 def compensation_path(trip: trip_pb.Trip) -> str:
     """Which compensation path a trip took (PATHS): what of value was undone. Notify (auxiliary) only
     ever discards a staged e-mail, so it does not make a path of its own."""
+    if trip.changes:
+        return PATH_NONE  # it was booked (a change or cancellation comes only after): nothing was compensated
     undone = {p for g in _cancel_groups(trip) for p in g} - TRIP_SAGA.auxiliary
     if "payment" in undone:
         return PATH_FULL
@@ -403,6 +624,44 @@ def compensation_path(trip: trip_pb.Trip) -> str:
     if undone == {"hotel"}:
         return PATH_HOTEL
     return PATH_NONE if not undone else "+".join(sorted(undone))
+
+
+def stands_otherwise(planned: PlannedTrip, trip: trip_pb.Trip) -> str:
+    """How the trip as it now stands differs from what its scenario leads to (empty: it does not): an
+    applied change's parts are the booked ones, a reverted change left the booking exactly as it was, a
+    party that named no seats sits side by side, named seats are the ones held."""
+    booked = trip.booked
+    change = planned.then
+    if planned.scenario.change == "REVERTED" and booked != planned.request:
+        return "the reverted change altered the booking"
+    if planned.scenario.change == "APPLIED" and isinstance(change, trip_pb.ChangeTripRequest):
+        for part in ("flight", "hotel", "car"):
+            if change.HasField(part) and getattr(booked, part) != getattr(change, part):
+                return f"the applied change's {part} is not what the trip holds"
+        if (change.drop_car and booked.HasField("car")) or (change.drop_hotel and booked.HasField("hotel")):
+            return "the applied change dropped a part the trip still holds"
+    if trip.state != common_pb.TRIP_STATE_CONFIRMED:
+        return ""
+    seats = {
+        s.flight_id: list(s.seats)
+        for r in trip.reservations
+        if r.participant == "flight" and r.status == common_pb.RESERVATION_STATUS_CONFIRMED
+        for s in r.seats
+    }
+    named = sorted(booked.flight.seats)
+    for flight_id, held in seats.items():
+        if named and sorted(held) != named:
+            return f"holds seats {held} on {flight_id}, not the named {named}"
+        if planned.scenario.side_by_side and not _side_by_side(held):
+            return f"the party is not seated side by side on {flight_id}: {held}"
+    return ""
+
+
+def _side_by_side(seats: Sequence[str]) -> bool:
+    """One row, adjacent letters ("14B", "14C", "14D")."""
+    rows = {s[:-1] for s in seats}
+    letters = sorted(ord(s[-1]) for s in seats)
+    return len(rows) == 1 and letters == list(range(letters[0], letters[0] + len(letters)))
 
 
 def _millis(ts: Any) -> int:
@@ -423,7 +682,21 @@ class TripResult:
 
     @property
     def terminal(self) -> bool:
-        return self.trip is not None and self.trip.state in TERMINAL
+        """In a final state, with no change or cancellation still under way."""
+        return (
+            self.trip is not None
+            and self.trip.state in TERMINAL
+            and all(c.outcome != trip_pb.TRIP_CHANGE_OUTCOME_IN_PROGRESS for c in self.trip.changes)
+        )
+
+    @property
+    def change(self) -> str:
+        """How the planned change or cancellation ended: "APPLIED", "REVERTED", "CANCELLED" ("IN_PROGRESS"
+        while under way); empty when none was planned or it was never accepted."""
+        if self.trip is None or self.planned.then is None:
+            return ""
+        made = [c for c in self.trip.changes if c.change_id == self.planned.change_id]
+        return trip_pb.TripChangeOutcome.Name(made[-1].outcome).removeprefix("TRIP_CHANGE_OUTCOME_") if made else ""
 
     @property
     def path(self) -> str:
@@ -448,7 +721,9 @@ class TripResult:
     @property
     def as_expected(self) -> bool:
         scenario = self.planned.scenario
-        return self.state == scenario.expect and self.path == scenario.path
+        if self.state != scenario.expect or self.path != scenario.path or self.change != scenario.change:
+            return False
+        return self.trip is None or not stands_otherwise(self.planned, self.trip)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -469,6 +744,7 @@ class ScenarioRow:
     states: Counter[str]
     paths: Counter[str]  # the compensation paths taken -> how many trips
     steps: Counter[str]  # the compensation steps seen -> how many trips
+    changes: Counter[str]  # how the changes and cancellations after booking ended -> how many trips
     retries: int
     median_ms: float | None
     p95_ms: float | None
@@ -484,6 +760,7 @@ class ScenarioRow:
             states=Counter(r.state for r in results),
             paths=Counter(r.path for r in results if r.terminal),
             steps=Counter(r.steps for r in results),
+            changes=Counter(r.change for r in results if r.change),
             retries=sum(r.retries for r in results),
             median_ms=statistics.median(latencies) if latencies else None,
             p95_ms=percentile(latencies, 0.95),
@@ -563,18 +840,34 @@ class Interrupted(Exception):
     """The demo was asked to stop (Ctrl-C, SIGTERM)."""
 
 
-async def _book(stub: trip_grpc.TripCoordinatorStub, planned: PlannedTrip, deadline: float) -> TripResult:
+async def _send(call: Callable[[float], Any], deadline: float) -> tuple[Any, str]:
+    """Send an idempotent call (BookTrip by trip id, ChangeTrip by change id, CancelTrip), again while
+    the coordinator is briefly unreachable: (its response, "") or (None, why it failed)."""
     error = ""
     for attempt in range(1, BOOK_ATTEMPTS + 1):
         try:
-            response = await stub.BookTrip(planned.request, timeout=max(1.0, deadline - time.monotonic()))
-            return TripResult(planned, response.trip)
+            return await call(max(1.0, deadline - time.monotonic())), ""
         except grpc.aio.AioRpcError as failure:
             error = f"{failure.code().name}: {failure.details()}"
             if failure.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 break
             await asyncio.sleep(0.2 * attempt)
-    return TripResult(planned, None, error)
+    return None, error
+
+
+async def _book(stub: trip_grpc.TripCoordinatorStub, planned: PlannedTrip, deadline: float) -> TripResult:
+    response, error = await _send(lambda timeout: stub.BookTrip(planned.request, timeout=timeout), deadline)
+    return TripResult(planned, response.trip if response is not None else None, error)
+
+
+async def _follow_up(stub: trip_grpc.TripCoordinatorStub, booked: TripResult, deadline: float) -> TripResult:
+    """Change or cancel a confirmed trip as its scenario says."""
+    then = booked.planned.then
+    if isinstance(then, trip_pb.ChangeTripRequest):
+        response, error = await _send(lambda timeout: stub.ChangeTrip(then, timeout=timeout), deadline)
+    else:
+        response, error = await _send(lambda timeout: stub.CancelTrip(then, timeout=timeout), deadline)
+    return TripResult(booked.planned, response.trip if response is not None else booked.trip, error)
 
 
 async def _settle(
@@ -614,6 +907,14 @@ async def book_all(
             async with gate:
                 result = await _book(stub, trip, deadline)
             result = await _settle(stub, result, deadline)
+            if (
+                trip.then is not None
+                and result.trip is not None
+                and result.trip.state == common_pb.TRIP_STATE_CONFIRMED
+            ):
+                async with gate:
+                    result = await _follow_up(stub, result, deadline)
+                result = await _settle(stub, result, deadline)
             done += 1
             if progress is not None:
                 progress(done, len(planned))

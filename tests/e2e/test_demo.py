@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,6 +146,7 @@ def test_every_scenario_ends_as_expected(demo_run: DemoRun) -> None:
         assert trips >= 1
         assert attention == 0, row
         assert (confirmed, cancelled) == ((trips, 0) if scenario.expect == "CONFIRMED" else (0, trips)), row
+        assert row[6] == (scenario.change or "-"), row  # how the change or cancellation after booking ended
         assert row[-1] == f"{trips}/{trips}", row
     total = next(row for row in table_after(demo_run.stdout, "scenario ") if row[0] == "all")
     assert total[1] == str(TRIPS)
@@ -176,7 +178,12 @@ def test_the_databases_agree_read_directly(demo_run: DemoRun) -> None:
     assert report.violations == []
     assert report.orphaned_holds == 0
     assert report.holds["payment"].get("HELD", 0) == 0
-    assert report.holds["payment"]["CONFIRMED"] == report.trips_by_state["CONFIRMED"]
+    with sqlite3.connect(f"file:{demo_run.var_dir / 'payment.db'}?mode=ro", uri=True) as conn:
+        charged = {r for (r,) in conn.execute("SELECT reservation_id FROM reservations WHERE status = 'CONFIRMED'")}
+    booked = {t for t, state in states.items() if state == "CONFIRMED" or t.endswith("-cancelled")}
+    assert {r.rpartition("/")[0] for r in charged if r.endswith("/payment")} == booked  # each charged once
+    changed = {t for t in states if by_key[t.split("-", 3)[3]].change in ("APPLIED", "CANCELLED")}
+    assert {r.rpartition("/")[0] for r in charged if not r.endswith("/payment")} <= changed  # differences, refunds
 
 
 def _log_times(log: Path, event: str) -> list[datetime]:
@@ -213,3 +220,21 @@ def test_the_mix_is_seeded_and_has_every_scenario() -> None:
     assert [p.request for p in demo.plan_trips(TRIPS, SEED + 1, "ab12")] != [p.request for p in first]
     assert all(p.trip_id.startswith("demo-ab12-") and p.trip_id.endswith(p.scenario.key) for p in first)
     assert sum(demo.scenario_counts(3).values()) == 3
+
+
+def test_follow_ups_name_their_trip_and_no_two_trips_name_one_seat() -> None:
+    planned = demo.plan_trips(96, SEED, "ab12")
+    for p in planned:
+        assert (p.then is not None) == (p.scenario.then is not None), p.trip_id
+        assert p.then is None or p.then.trip_id == p.trip_id
+    named = Counter(
+        (flight_id, seat)
+        for p in planned
+        for request in (p.request, p.then)
+        if isinstance(request, (demo.trip_pb.BookTripRequest, demo.trip_pb.ChangeTripRequest))
+        and request.HasField("flight")
+        for flight_id in (request.flight.outbound_flight_id, request.flight.return_flight_id)
+        for seat in request.flight.seats
+    )
+    assert named and max(named.values()) == 1, named.most_common(3)
+    assert any(p.request.HasField("car") for p in planned)

@@ -40,12 +40,14 @@ from tripmesh.v1 import trip_coordinator_pb2 as trip_pb
 from tripmesh.v1 import trip_coordinator_pb2_grpc as trip_grpc
 
 PARTICIPANTS = ("flight", "hotel", "payment", "notify")
+WITH_CAR = (*PARTICIPANTS, "car")  # a mesh whose trips may rent a car (ProcessMesh(participants=WITH_CAR))
 MODULES = {
     "smtp-sink": "services.notify.smtp_sink",
     "flight": "services.flight",
     "hotel": "services.hotel",
     "payment": "services.payment",
     "notify": "services.notify",
+    "car": "services.car",
     "coordinator": "coordinator",
 }
 PREFIXES = {name: name.upper().replace("-", "_") for name in MODULES}
@@ -159,6 +161,7 @@ class ProcessMesh:
     work_dir: Path
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     log_level: str = "info"
+    participants: tuple[str, ...] = PARTICIPANTS  # started by start_participants, wired to the coordinator
     ports: dict[str, int] = field(init=False)
     procs: dict[str, Proc] = field(init=False, default_factory=dict)
     started: list[Proc] = field(init=False, default_factory=list)
@@ -210,7 +213,7 @@ class ProcessMesh:
                 }
             )
         if base == "coordinator":
-            env.update({f"{prefix}_{p.upper()}_ADDRESS": self.address(p) for p in PARTICIPANTS})
+            env.update({f"{prefix}_{p.upper()}_ADDRESS": self.address(p) for p in self.participants})
         env.update(self.env.get(base, {}))
         env.update(self.env.get(name, {}) if name != base else {})
         env.update(extra or {})
@@ -252,10 +255,10 @@ class ProcessMesh:
         return self.start(name, extra, timeout=timeout)
 
     def start_participants(self) -> None:
-        """The SMTP sink and the four participants, started together, then waited for."""
-        for name in ("smtp-sink", *PARTICIPANTS):
+        """The SMTP sink and the participants, started together, then waited for."""
+        for name in ("smtp-sink", *self.participants):
             self.start(name, wait=False)
-        for name in ("smtp-sink", *PARTICIPANTS):
+        for name in ("smtp-sink", *self.participants):
             self.procs[name].wait_ready(60.0)
 
     def close(self) -> None:
@@ -275,7 +278,7 @@ class ProcessMesh:
     async def databases(self) -> AsyncIterator[tuple[AsyncEngine, dict[str, AsyncEngine]]]:
         """Read-only engines on the coordinator's database and each participant's, disposed after."""
         coordinator = readonly_engine(self.db_path("coordinator"))
-        participants = {name: readonly_engine(self.db_path(name)) for name in PARTICIPANTS}
+        participants = {name: readonly_engine(self.db_path(name)) for name in self.participants}
         try:
             yield coordinator, participants
         finally:
@@ -424,3 +427,58 @@ def mails_by_trip(directory: Path) -> Counter[str]:
 def coordinator_stub(address: str) -> Iterator[trip_grpc.TripCoordinatorStub]:
     with grpc.insecure_channel(address) as channel:
         yield trip_grpc.TripCoordinatorStub(channel)
+
+
+def mail_ids_by_subject(directory: Path) -> dict[str, list[str]]:
+    """The Message-ID of every delivered e-mail, by its subject ('Your trip <id> is booked', '... is changed',
+    '... is cancelled'): one Message-ID per subject however often it was resent."""
+    found: dict[str, list[str]] = {}
+    for path in directory.glob("*.eml"):
+        message = email.message_from_bytes(path.read_bytes())
+        found.setdefault(str(message["Subject"] or ""), []).append(str(message["Message-ID"]))
+    return found
+
+
+# --- what a trip holds, across its revisions ----------------------------------------------------------
+
+HOLDING_PARTS = ("flight", "hotel", "car")  # the parts a change replaces: seats, rooms, cars
+
+
+def part_of(reservation_id: str) -> tuple[str, str]:
+    """'t-1/flight.2' -> ('t-1', 'flight'): the trip and the part, whatever the revision."""
+    trip_id, _, name = reservation_id.rpartition("/")
+    return trip_id, name.partition(".")[0]
+
+
+async def holding_problems(participants: Mapping[str, AsyncEngine], trip_states: Mapping[str, str]) -> list[str]:
+    """A trip that is done holds at most one CONFIRMED reservation per part across its revisions ({trip}/flight,
+    {trip}/flight.2, ...), so a changed trip never keeps both the old and the new seat, room or car; its seats
+    (the flight's seat_assignments rows) belong to that one reservation; a CANCELLED trip holds nothing."""
+    problems: list[str] = []
+    live: dict[tuple[str, str], list[str]] = {}
+    for name in HOLDING_PARTS:
+        if name not in participants:
+            continue
+        for rid, status in (await reservation_rows(participants[name])).items():
+            trip_id, part = part_of(rid)
+            if (
+                part == name
+                and status in ("HELD", "CONFIRMED")
+                and trip_states.get(trip_id) in ("CONFIRMED", "CANCELLED")
+            ):
+                live.setdefault((trip_id, part), []).append(f"{rid} {status}")
+    for (trip_id, part), held in sorted(live.items()):
+        if trip_states[trip_id] == "CANCELLED":
+            problems.append(f"cancelled trip {trip_id} still holds {part}: {held}")
+        elif len(held) > 1:
+            problems.append(f"trip {trip_id} holds more than one {part}: {held}")
+    async with participants["flight"].connect() as conn:
+        seats = (await conn.execute(text("SELECT flight_id, seat, reservation_id FROM seat_assignments"))).all()
+    holders: dict[str, set[str]] = {}
+    for row in seats:
+        holders.setdefault(part_of(row.reservation_id)[0], set()).add(row.reservation_id)
+    for trip_id, rids in sorted(holders.items()):
+        state = trip_states.get(trip_id)
+        if state == "CANCELLED" or (state == "CONFIRMED" and len(rids) > 1):
+            problems.append(f"{state} trip {trip_id} has seats under {sorted(rids)}")
+    return problems

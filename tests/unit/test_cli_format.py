@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from coordinator import cli, cli_format, demo
 from coordinator.audit import AuditReport, Orphan
 from coordinator.demo import TripResult
+from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -463,21 +464,45 @@ def demo_summary(*extra: TripResult, orphans: list[Orphan] | None = None) -> dem
     return demo.summarize(results, report, seconds=2.5)
 
 
+def cancelled_after_booking(number: int) -> TripResult:
+    """A demo trip booked, then cancelled by its customer: its cancels are the cancellation's, not a
+    compensation."""
+    done = demo_trip("cancelled", number, "CANCELLED", ("flight", "hotel"), 900)
+    assert done.trip is not None
+    done.trip.changes.add(
+        change_id="cancel", kind=trip_pb.TRIP_CHANGE_KIND_CANCEL, outcome=trip_pb.TRIP_CHANGE_OUTCOME_CANCELLED
+    )
+    planned = demo.PlannedTrip(done.planned.scenario, done.planned.request, trip_pb.CancelTripRequest())
+    return TripResult(planned, done.trip)
+
+
 def test_demo_scenario_table_counts_outcomes_paths_retries_and_latency() -> None:
-    assert cli_format.format_demo_scenarios(demo_summary()).splitlines() == [
-        "scenario                       trips  CONFIRMED  CANCELLED  NEEDS_ATTENTION  undone          retried  p50 ms"
-        "  p95 ms  as expected",
-        "round trip + hotel                 2          2          0                0  none                  2     500"
-        "     600          2/2",
-        "hotel sold out (3 suites)          1          0          1                0  flight only           1     180"
-        "     180          1/1",
-        "card declined                      1          0          1                0  flight + hotel        0     300"
-        "     300          1/1",
-        "hotel hold expired at confirm      1          0          1                0  full chain            0     520"
-        "     520          1/1",
-        "all                                5          2          3                0                        3     400"
-        "     600          5/5",
+    assert cli_format.format_demo_scenarios(demo_summary(cancelled_after_booking(6))).splitlines() == [
+        "scenario                       trips  CONFIRMED  CANCELLED  NEEDS_ATTENTION  undone          then   "
+        "    retried  p50 ms  p95 ms  as expected",
+        "round trip + hotel                 2          2          0                0  none            -      "
+        "          2     500     600          2/2",
+        "hotel sold out (3 suites)          1          0          1                0  flight only     -      "
+        "          1     180     180          1/1",
+        "card declined                      1          0          1                0  flight + hotel  -      "
+        "          0     300     300          1/1",
+        "hotel hold expired at confirm      1          0          1                0  full chain      -      "
+        "          0     520     520          1/1",
+        "cancelled after booking            1          0          1                0  none            CANCELL"
+        "ED        0     900     900          1/1",
+        "all                                6          2          4                0                         "
+        "          3     460     900          6/6",
     ]
+
+
+def test_a_change_that_ended_otherwise_is_a_surprise() -> None:
+    applied = cancelled_after_booking(7)
+    assert applied.as_expected and applied.change == "CANCELLED" and applied.path == demo.PATH_NONE
+    assert applied.trip is not None
+    applied.trip.changes[0].outcome = trip_pb.TRIP_CHANGE_OUTCOME_IN_PROGRESS
+    assert not applied.terminal and not applied.as_expected
+    never_sent = TripResult(applied.planned, trip_pb.Trip(state=common_pb.TRIP_STATE_CONFIRMED), "NOT_FOUND: gone")
+    assert never_sent.change == "" and not never_sent.as_expected
 
 
 def test_demo_paths_table_and_a_passing_verdict() -> None:
@@ -513,3 +538,131 @@ def test_demo_verdict_fails_on_a_surprise_or_an_orphan_and_says_which() -> None:
     assert "trips that did not end as expected:\ntrip" in report
     assert "demo-ab12-006-card-declined  CANCELLED/flight+hotel  CONFIRMED/none" in report
     assert "hotel        demo-ab12-004-card-declined/hotel  HELD    CANCELLED" in report
+
+
+# --- `tripmesh change` and `tripmesh cancel` -------------------------------------------------------------
+
+
+def booked_request() -> trip_pb.BookTripRequest:
+    request = cli.build_book_request(
+        parse(
+            *BOOK,
+            "--trip-id",
+            "trip-8",
+            "--return",
+            "TM102-20270322",
+            "--passengers",
+            "2",
+            "--seats",
+            "14A,14C",
+            "--hotel",
+            "lis-alfama",
+            "--check-in",
+            "2027-03-15",
+            "--check-out",
+            "2027-03-22",
+        )
+    )
+    assert list(request.flight.seats) == ["14A", "14C"] and not request.HasField("car")
+    return request
+
+
+def test_book_rents_a_car_with_its_options() -> None:
+    request = cli.build_book_request(
+        parse(*BOOK, "--car-city", "Lisbon", "--pick-up", "2027-03-15", "--drop-off", "2027-03-18")
+    )
+    assert request.car == trip_pb.TripCar(
+        city="Lisbon",
+        car_class=car_pb.CAR_CLASS_COMPACT,
+        pick_up_date=common_pb.Date(year=2027, month=3, day=15),
+        drop_off_date=common_pb.Date(year=2027, month=3, day=18),
+    )
+
+
+def test_change_sends_each_part_it_touches_whole_from_the_trip_as_booked() -> None:
+    booked = booked_request()
+    longer = cli.build_change_request(parse("change", "trip-8", "--check-out", "2027-03-24"), booked)
+    assert longer.trip_id == "trip-8" and longer.change_id.startswith("change-")
+    assert not longer.HasField("flight") and not longer.HasField("car")
+    expected = trip_pb.TripHotel()
+    expected.CopyFrom(booked.hotel)
+    expected.check_out.day = 24
+    assert longer.hotel == expected
+
+    seats = cli.build_change_request(parse("change", "trip-8", "--change-id", "c2", "--seats", "20D,20E"), booked)
+    assert seats.change_id == "c2" and list(seats.flight.seats) == ["20D", "20E"]
+    assert seats.flight.outbound_flight_id == booked.flight.outbound_flight_id and seats.flight.passenger_count == 2
+    three = cli.build_change_request(parse("change", "trip-8", "--passengers", "3"), booked)
+    assert three.flight.passenger_count == 3 and not three.flight.seats  # the named seats were for two
+
+    car = cli.build_change_request(
+        parse(
+            "change",
+            "trip-8",
+            "--car-city",
+            "Lisbon",
+            "--pick-up",
+            "2027-03-15",
+            "--drop-off",
+            "2027-03-17",
+            "--drop-hotel",
+        ),
+        booked,
+    )
+    assert car.drop_hotel and not car.HasField("hotel") and car.car.car_class == car_pb.CAR_CLASS_COMPACT
+
+
+def test_change_refuses_nothing_to_change_and_a_drop_with_options() -> None:
+    booked = booked_request()
+    with pytest.raises(cli.CliError, match="nothing to change"):
+        cli.build_change_request(parse("change", "trip-8"), booked)
+    with pytest.raises(cli.CliError, match="--drop-hotel cannot go with hotel options"):
+        cli.build_change_request(parse("change", "trip-8", "--drop-hotel", "--rooms", "2"), booked)
+    with pytest.raises(cli.CliError, match="unknown car class 'van'"):
+        cli.build_change_request(parse("change", "trip-8", "--car-class", "van"), booked)
+    assert parse("cancel", "trip-8").trip_id == "trip-8"
+
+
+def changed_trip(outcome: int, reason: str = "") -> tuple[trip_pb.Trip, trip_pb.TripChange]:
+    trip = cancelled_trip()
+    trip.state = common_pb.TRIP_STATE_CONFIRMED
+    change = trip_pb.TripChange(
+        change_id="longer",
+        kind=trip_pb.TRIP_CHANGE_KIND_CHANGE,
+        revision=2,
+        outcome=outcome,  # type: ignore[arg-type]
+        reason=reason,
+        parts=["hotel"],
+        dropped=["hotel"],
+        price_difference=eur(21000),
+    )
+    trip.changes.append(change)
+    trip.paid.CopyFrom(eur(60600))
+    return trip, change
+
+
+def test_change_says_how_it_ended_then_shows_the_trip_with_its_changes() -> None:
+    trip, change = changed_trip(trip_pb.TRIP_CHANGE_OUTCOME_APPLIED)
+    text = cli_format.format_change(trip, change)
+    assert text.startswith(
+        "change longer of trip-1: APPLIED (hotel reserved anew; difference 210.00 EUR)\n\ntrip      trip-1\n"
+    )
+    assert "paid      606.00 EUR" in text
+    assert "change  kind    revision  outcome  reserved  let go  difference  reason\n" in text
+    assert "longer  change         2  APPLIED  hotel     hotel   210.00 EUR\n" in text
+    assert text.endswith(cli_format.format_steps(trip))
+    reverted, change = changed_trip(trip_pb.TRIP_CHANGE_OUTCOME_REVERTED, "hotel.reserve@2 was refused (SOLD_OUT)")
+    assert cli_format.format_change(reverted, change).splitlines()[0] == (
+        "change longer of trip-1: REVERTED, the trip stands as it was: hotel.reserve@2 was refused (SOLD_OUT)"
+    )
+    assert "paid " not in cli_format.format_trip(cancelled_trip())  # a trip never changed reads as before
+
+
+def test_cancel_says_where_the_trip_went() -> None:
+    done = cancelled_trip()
+    done.failure_reason = "cancelled by the customer"
+    assert cli_format.format_cancel(done).splitlines()[0] == ("cancelled trip-1: cancelled by the customer; paid -")
+    stuck = stuck_trip()
+    assert cli_format.format_cancel(stuck).splitlines()[0] == (
+        "cancelling trip-3 is stuck: NEEDS_ATTENTION; `tripmesh retry trip-3` sends it on"
+    )
