@@ -42,6 +42,10 @@ log = structlog.get_logger("tripmesh.engine")
 _NOTEWORTHY = frozenset({TripState.CONFIRMED, TripState.CANCELLED, TripState.COMPENSATING, TripState.NEEDS_ATTENTION})
 
 
+# States in which every step only moves the trip forward: a failure there parks it, never undoes it.
+_FORWARD_ONLY = frozenset({TripState.CANCELLING})
+
+
 class TripTakenError(Exception):
     """A new trip's id was found taken when its first writes were flushed; nothing was sent."""
 
@@ -54,7 +58,11 @@ class RetryPolicy:
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
 
-    def attempts(self, action: Action) -> int:
+    def attempts(self, action: Action, *, forward_only: bool = False) -> int:
+        """The budget of a step's call. A reserve gives up soon, as giving up undoes the trip, except where
+        nothing is undone any more (a cancellation's refund and message): that one is as patient as a confirm."""
+        if forward_only and action is Action.RESERVE:
+            return self.confirm_attempts
         return {
             Action.RESERVE: self.reserve_attempts,
             Action.CONFIRM: self.confirm_attempts,
@@ -307,7 +315,7 @@ class Engine:
             )
             trip.steps[name] = step
         request = build_request(self.sagas[trip.definition_version], trip, name)
-        budget = step.attempts + self.policy.attempts(step.action)
+        budget = step.attempts + self.policy.attempts(step.action, forward_only=trip.state in _FORWARD_ONLY)
         while True:
             step.attempts += 1
             step.status, step.finished_at = StepStatus.STARTED, None

@@ -6,6 +6,7 @@ mesh fixture audits every database after each test (I1-I8)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from sqlalchemy import text
 
+from coordinator.engine import RetryPolicy
 from services.kit.clock import FakeClock
 from tests.contract.test_trip_car import car
 from tests.contract.test_trip_coordinator import booking, step_names, wait_for_mail
@@ -274,3 +276,29 @@ async def test_bad_changes_and_cancellations_are_refused_and_change_nothing(mesh
     assert error_reason(not_changeable.value) == "TRIP_NOT_CHANGEABLE"
     again = (await mesh.stub.CancelTrip(trip_pb.CancelTripRequest(trip_id=declined.trip_id), timeout=10)).trip
     assert again.steps == declined.steps and not again.changes
+
+
+async def test_a_cancellation_outlasts_a_payment_outage_longer_than_a_reserve_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation only goes forward: once its parts are let go, its refund is as patient as a confirm.
+    Giving up after the reserve budget (2 attempts here) would park a trip that needs nothing but time."""
+    policy = RetryPolicy(
+        reserve_attempts=2, confirm_attempts=200, cancel_attempts=5, initial_backoff=0.02, max_backoff=0.05
+    )
+    running = await start_mesh(tmp_path, monkeypatch, policy=policy)
+    try:
+        trip = await booked(running)
+        # payment refuses the refund's Reserve as unavailable for its first 1.5 s after this restart
+        rule = [{"method": "Reserve", "match": f"{trip.trip_id}/payment.2", "outage": [0, 1.5]}]
+        monkeypatch.setenv("TRIPMESH_PAYMENT_FAULTS", json.dumps(rule))
+        await running.restart_participant("payment")
+        request = trip_pb.CancelTripRequest(trip_id=trip.trip_id)
+        cancelled = (await running.stub.CancelTrip(request, timeout=30)).trip
+        assert cancelled.state == common_pb.TRIP_STATE_CANCELLED, cancelled.failure_reason
+        refund = next(s for s in cancelled.steps if s.name == "payment.reserve@2")
+        assert refund.attempts > policy.reserve_attempts and refund.error_code == "UNAVAILABLE"
+        assert cancelled.paid.minor_units == 0
+        assert await running.invariants() == []
+    finally:
+        await running.stop()
