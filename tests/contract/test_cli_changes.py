@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.databases import Databases
-from tests.support.mesh import Mesh, start_mesh
+from tests.support.mesh import Mesh, audited_mesh
 from tests.support.processes import REPO, tripmesh_command
 
 pytestmark = pytest.mark.contract
@@ -42,12 +42,8 @@ class Run:
 
 @pytest.fixture
 async def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases) -> AsyncIterator[Mesh]:
-    running = await start_mesh(tmp_path, monkeypatch, databases=databases)
-    try:
+    async with audited_mesh(tmp_path, monkeypatch, databases=databases) as running:
         yield running
-        assert await running.invariants() == []
-    finally:
-        await running.stop()
 
 
 async def tripmesh(mesh: Mesh, *args: str) -> Run:

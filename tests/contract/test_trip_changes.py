@@ -20,7 +20,7 @@ from services.kit.clock import FakeClock
 from tests.contract.test_trip_car import car
 from tests.contract.test_trip_coordinator import booking, step_names, wait_for_mail
 from tests.support.databases import Databases
-from tests.support.mesh import Mesh, start_mesh
+from tests.support.mesh import Mesh, audited_mesh
 from tests.support.status import error_reason
 from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
@@ -34,12 +34,8 @@ CONFIRMED, CANCELLED = common_pb.RESERVATION_STATUS_CONFIRMED, common_pb.RESERVA
 
 @pytest.fixture
 async def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases) -> AsyncIterator[Mesh]:
-    running = await start_mesh(tmp_path, monkeypatch, databases=databases)
-    try:
+    async with audited_mesh(tmp_path, monkeypatch, databases=databases) as running:
         yield running
-        assert await running.invariants() == []
-    finally:
-        await running.stop()
 
 
 def stay(hotel_id: str = "lis-alfama", nights: tuple[int, int] = (15, 22), room: int = 1) -> trip_pb.TripHotel:
@@ -286,8 +282,7 @@ async def test_a_cancellation_outlasts_a_payment_outage_longer_than_a_reserve_bu
     policy = RetryPolicy(
         reserve_attempts=2, confirm_attempts=200, cancel_attempts=5, initial_backoff=0.02, max_backoff=0.05
     )
-    running = await start_mesh(tmp_path, monkeypatch, policy=policy)
-    try:
+    async with audited_mesh(tmp_path, monkeypatch, policy=policy) as running:
         trip = await booked(running)
         # payment refuses the refund's Reserve as unavailable for its first 1.5 s after this restart
         rule = [{"method": "Reserve", "match": f"{trip.trip_id}/payment.2", "outage": [0, 1.5]}]
@@ -299,6 +294,3 @@ async def test_a_cancellation_outlasts_a_payment_outage_longer_than_a_reserve_bu
         refund = next(s for s in cancelled.steps if s.name == "payment.reserve@2")
         assert refund.attempts > policy.reserve_attempts and refund.error_code == "UNAVAILABLE"
         assert cancelled.paid.minor_units == 0
-        assert await running.invariants() == []
-    finally:
-        await running.stop()

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.databases import Databases
-from tests.support.mesh import Mesh, start_mesh
+from tests.support.mesh import Mesh, audited_mesh, start_mesh
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
 from tripmesh.v1 import hotel_service_pb2 as hotel_pb
@@ -28,12 +28,8 @@ pytestmark = pytest.mark.contract
 
 @pytest.fixture
 async def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, databases: Databases) -> AsyncIterator[Mesh]:
-    running = await start_mesh(tmp_path, monkeypatch, databases=databases)
-    try:
+    async with audited_mesh(tmp_path, monkeypatch, databases=databases) as running:
         yield running
-        assert await running.invariants() == []
-    finally:
-        await running.stop()
 
 
 def booking(trip_id: str | None = None, **changes: object) -> trip_pb.BookTripRequest:

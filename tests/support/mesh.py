@@ -7,10 +7,12 @@ over real gRPC on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -142,3 +144,14 @@ def _observed(
         served = Metrics(name, process=False)
         ports[name] = served.serve("127.0.0.1", 0)
     return {"metrics": served, "tracing": tracing(name) if tracing is not None else None}
+
+
+@contextlib.asynccontextmanager
+async def audited_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> AsyncIterator[Mesh]:
+    """start_mesh(**options) for one test; after it, every database must hold the invariants (I1-I8)."""
+    running = await start_mesh(tmp_path, monkeypatch, **options)
+    try:
+        yield running
+        assert await running.invariants() == []
+    finally:
+        await running.stop()
