@@ -152,7 +152,8 @@ async def test_a_hold_that_expires_before_its_confirm_is_compensated_cleanly(
         names = [s.name for s in trip.steps]
         assert "payment.cancel" in names  # the authorisation is voided
         assert "payment.confirm" not in names  # and never captured
-        assert await statuses(mesh, "payment", "late-1") == "CANCELLED"
+        # voided by payment.cancel, or, on a machine slow enough, its own 1 s hold ran out first: released either way
+        assert await statuses(mesh, "payment", "late-1") in ("CANCELLED", "EXPIRED")
         assert await statuses(mesh, "flight", "late-1") == "EXPIRED"
         assert await mesh.invariants() == []
     finally:
