@@ -42,3 +42,6 @@ class ParticipantDomain(Protocol[DetailsContraT]):
     def release(self, conn: Connection, record: Record) -> None:
         """Give back what record holds; record.status says HELD or CONFIRMED (payment: void or refund)."""
         ...
+
+    # Optional: `def hold_expires(self, details) -> bool`. A domain without it has every hold expire after
+    # the service's hold time (P5); payment answers False for a refund, which only an explicit Cancel ends.

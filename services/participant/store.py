@@ -99,7 +99,7 @@ class ReservationStore(Generic[DetailsT]):
                     stored,
                     price.minor_units,
                     price.currency,
-                    now + self.hold,
+                    now + self.hold if _hold_expires(self.domain, details) else None,
                     now,
                     now,
                 )
@@ -247,6 +247,14 @@ class ReservationStore(Generic[DetailsT]):
             case Decision.REFUSE_NOT_FOUND:
                 return ReservationNotFoundError(f"no reservation {reservation_id!r}")
         raise AssertionError(decision)
+
+
+def _hold_expires(domain: ParticipantDomain[Any], details: Any) -> bool:
+    """Whether a hold runs out if it is neither confirmed nor cancelled in time (P5). Every hold does,
+    unless its domain says otherwise with `hold_expires(details)`: a payment's refund is money owed to
+    the customer, released only by an explicit Cancel, never by the clock."""
+    decide = getattr(domain, "hold_expires", None)
+    return True if decide is None else bool(decide(details))
 
 
 def _some(record: Record | None) -> Record:

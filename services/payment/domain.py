@@ -187,6 +187,12 @@ class PaymentDomain:
         self.engine = engine
         self.clock = clock
 
+    def hold_expires(self, details: PaymentDetails) -> bool:
+        """An authorisation runs out if never captured; a refund does not: once set aside it is owed to the
+        customer until it is paid out or explicitly cancelled, so a cancellation that resumes late (a
+        coordinator down past the hold time) still pays it, rather than finding it expired and stuck."""
+        return not details.refund_of
+
     def to_json(self, details: PaymentDetails) -> dict[str, Any]:
         stored: dict[str, Any] = {
             "customer_id": details.customer_id,
