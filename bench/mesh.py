@@ -353,6 +353,32 @@ def count_unfinished(db: Path) -> int:
     return int(row[0])
 
 
+def fences(db: Path) -> dict[str, int]:
+    """Each unfinished tripmesh trip's lease token, as the step log says (read-only)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        rows = conn.execute(
+            "SELECT trip_id, fence FROM trips WHERE state NOT IN ('CONFIRMED', 'CANCELLED', 'NEEDS_ATTENTION')"
+        )
+        return {str(t): int(f) for t, f in rows}
+
+
+def count_not_resumed(db: Path, before: Mapping[str, int]) -> int:
+    """Of the trips unfinished with these tokens (`fences` at a crash), how many no coordinator drives
+    again yet: a trip is driven again once it is terminal, or once a step's intent was written under a
+    token newer than its old one (the engine writes each call's intent just before sending it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        rows = conn.execute(
+            "SELECT t.trip_id, t.state IN ('CONFIRMED', 'CANCELLED', 'NEEDS_ATTENTION'), t.fence,"
+            " (SELECT max(s.fence) FROM steps s WHERE s.trip_id = t.trip_id) FROM trips t"
+        )
+        resumed = {
+            t
+            for t, terminal, fence, step_fence in rows
+            if terminal or (t in before and fence > before[t] and step_fence == fence)
+        }
+    return sum(1 for t in before if t not in resumed)
+
+
 def count_by_state(db: Path) -> dict[str, int]:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
         return {str(s): int(n) for s, n in conn.execute("SELECT state, count(*) FROM trips GROUP BY state")}

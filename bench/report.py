@@ -308,7 +308,11 @@ def markdown(
         add(f"| trips in flight at the SIGKILL | {scale.parked:,} (step log: {parked}) |")
         add(f"| restart -> serving (health SERVING) | {_s(scale.serving_after)} |")
         resumed = _s(scale.resumed_after) if scale.resumed_after is not None else "not within the limit"
-        add(f"| restart -> every in-flight trip driven again (`coordinator_started` logged) | {resumed} |")
+        add(f"| restart -> every in-flight trip loaded, leased and queued (`coordinator_started` logged) | {resumed} |")
+        driven = _s(scale.driven_after) if scale.driven_after is not None else "not within the limit"
+        add(
+            f"| restart -> every in-flight trip driven again (its next call's intent written, or terminal) | {driven} |"
+        )
         if scale.terminal_after is not None:
             terminal = _s(scale.terminal_after)
         else:

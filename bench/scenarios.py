@@ -38,9 +38,11 @@ from bench.mesh import (
     Proc,
     checkpoint,
     count_by_state,
+    count_not_resumed,
     count_unfinished,
     db_bytes,
     failure_reasons,
+    fences,
 )
 from bench.observe import Observer
 
@@ -49,7 +51,9 @@ HOLD_RULE = json.dumps([{"method": "Reserve", "match": HOLD_MARKER, "latency_ms"
 HOLD_COORDINATOR_ENV = {
     "TRIPMESH_COORDINATOR_CALL_TIMEOUT_SECONDS": "7200",
     "TRIPMESH_COORDINATOR_TRIP_TIMEOUT_SECONDS": "7200",
-    # 10,000 trips parked on purpose: admit them all (beyond max_active they wait for a slot).
+    # 10,000 trips parked on purpose, each really in flight (written, its reserve calls sent): drive them
+    # all at once; with the default limit (256) the rest would wait for a slot, unwritten.
+    "TRIPMESH_COORDINATOR_MAX_ACTIVE_TRIPS": "1000000",
     "TRIPMESH_COORDINATOR_MAX_PENDING_TRIPS": "1000000",
 }
 
@@ -139,6 +143,8 @@ class ScaleRecovery:
     parked_states: dict[str, int] = field(default_factory=dict)
     serving_after: float | None = None
     resumed_after: float | None = None  # the restarted coordinator logged that it drives every trip again
+    # every parked trip's next call sent (its intent written under its new lease token), or the trip terminal
+    driven_after: float | None = None
     terminal_after: float | None = None  # every trip terminal
     left_unfinished: int = 0
     final_states: dict[str, int] = field(default_factory=dict)
@@ -321,7 +327,7 @@ def run_throughput(config: Config, work: Path, progress: Progress, log: Callable
     return points
 
 
-def _wait_inflight(db: Path, target: int, timeout: float) -> int:
+def wait_inflight(db: Path, target: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     count = count_unfinished(db)
     while count < target and time.monotonic() < deadline:
@@ -370,7 +376,7 @@ def run_scale_recovery(config: Config, work: Path, progress: Progress, log: Call
             )
             for code, n in submitted.errors.items():
                 out.submit_errors[code] = out.submit_errors.get(code, 0) + n
-            held = _wait_inflight(db, level, timeout=60.0)
+            held = wait_inflight(db, level, timeout=60.0)
             out.fill_seconds += time.monotonic() - t0
             if held < level:
                 out.notes.append(f"only {held} of {level} trips were in flight after submitting them")
@@ -399,6 +405,7 @@ def run_scale_recovery(config: Config, work: Path, progress: Progress, log: Call
         mesh.stop_coordinator(kill=True)
         out.parked = count_unfinished(db)
         out.parked_states = count_by_state(db)
+        parked_fences = fences(db)
         for name in ("flight", "hotel"):
             mesh.restart_participant(name)
         log_path = mesh.log_dir / "coordinator.log"
@@ -412,6 +419,8 @@ def run_scale_recovery(config: Config, work: Path, progress: Progress, log: Call
         while time.monotonic() < deadline:
             if out.resumed_after is None and _coordinator_started_logged(log_path, log_offset):
                 out.resumed_after = time.monotonic() - started
+            if out.driven_after is None and count_not_resumed(db, parked_fences) == 0:
+                out.driven_after = time.monotonic() - started
             now_left = count_unfinished(db)
             progress.update(max(0, left - now_left))
             left = now_left

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from coordinator import memtrace
 from coordinator.app import start_coordinator
 from coordinator.settings import CoordinatorSettings
 from services.kit import logging as kit_logging
@@ -18,6 +19,7 @@ async def _main() -> None:
     kit_logging.configure(
         "coordinator", fmt=settings.service.log_format, level=settings.service.log_level, trace_ids=bool(tracing)
     )
+    memtrace.install(asyncio.get_running_loop())
     metrics_settings = MetricsSettings.from_env("coordinator", host=settings.service.host)
     metrics = Metrics("coordinator") if metrics_settings.enabled else None
     # Bound first: a configured metrics port that is taken stops the process before it serves anything.

@@ -132,7 +132,6 @@ class Engine:
         if new:
             self._accepted[trip.trip_id] = asyncio.get_running_loop().create_future()
         self._live[trip.trip_id] = trip
-        self._finished[trip.trip_id] = asyncio.Event()
         self._tasks[trip.trip_id] = asyncio.create_task(self._drive(trip), name=f"trip:{trip.trip_id}")
 
     async def accepted(self, trip_id: str) -> bool:
@@ -175,9 +174,12 @@ class Engine:
 
     async def wait(self, trip_id: str, seconds: float | None) -> None:
         """Wait until the trip this process drives is terminal, or `seconds` pass."""
+        if trip_id not in self._tasks:
+            return
+        # Made on the first wait only: most trips in flight have nobody waiting for them here.
         event = self._finished.get(trip_id)
         if event is None:
-            return
+            event = self._finished[trip_id] = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
@@ -194,7 +196,9 @@ class Engine:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drive(self, trip: Trip) -> None:
-        with structlog.contextvars.bound_contextvars(trip_id=trip.trip_id), self.events.driving(trip):
+        # The task runs in a context of its own: bound here, trip_id is on every line it logs, and only there.
+        structlog.contextvars.bind_contextvars(trip_id=trip.trip_id)
+        with self.events.driving(trip):
             try:
                 async with self._slots:
                     self._in_slots += 1
@@ -257,8 +261,12 @@ class Engine:
             return
         try:
             async with asyncio.TaskGroup() as group:
-                for name in names:
+                # The first step runs in this task (one task less per trip in flight), the others beside
+                # it; it starts first, so the steps' order in the log is as before. If it raises, the
+                # group cancels the others and raises it in its ExceptionGroup, as for any of them.
+                for name in names[1:]:
                     group.create_task(self._run_step(trip, name))
+                await self._run_step(trip, names[0])
         except ExceptionGroup as errors:
             first = errors.exceptions[0]
             if isinstance(first, TransientError | TripTakenError | StaleLeaseError):
@@ -280,6 +288,7 @@ class Engine:
         accepted = self._accepted.get(trip.trip_id)
         if accepted is not None and not accepted.done():
             accepted.set_result(True)
+            del self._accepted[trip.trip_id]  # durable: no future needed any more (`accepted` says True)
             self.events.accepted(trip)
 
     async def _transition(self, trip: Trip, transition: Transition) -> None:

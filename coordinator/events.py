@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Protocol
 
 import structlog
@@ -62,7 +62,7 @@ class TripListener(Protocol):
     def on_step(self, trip: Trip, event: StepEvent) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One participant call in progress: the engine sets `outcome` when the answer comes."""
 
@@ -101,17 +101,19 @@ class TripEvents:
     def state_changed(self, trip: Trip, previous: TripState) -> None:
         self._trip(trip, TripEvent(trip.trip_id, trip.state, previous, trip.failure_reason, self.clock.now()))
 
-    @contextlib.contextmanager
-    def calling(self, trip: Trip, step: Step) -> Iterator[Call]:
+    def calling(self, trip: Trip, step: Step) -> Calling:
         """Around one participant call; the engine sets the yielded Call's outcome before leaving."""
-        call = Call(step)
+        return Calling(self, trip, Call(step))
+
+    def sent(self, trip: Trip, call: Call) -> contextlib.AbstractContextManager[object] | None:
+        """A call goes out: tell the listeners; its span, entered by the caller, if tracing is on."""
+        step = call.step
         self._step(trip, StepEvent(trip.trip_id, step.name, step.attempts, self.clock.now()))
-        started = time.perf_counter()
-        with self.spans.call(trip, call) if self.spans is not None else contextlib.nullcontext():
-            yield call
-        outcome = call.outcome
+        return self.spans.call(trip, call) if self.spans is not None else None
+
+    def answered(self, trip: Trip, call: Call, seconds: float) -> None:
+        outcome, step = call.outcome, call.step
         if outcome is not None:
-            seconds = time.perf_counter() - started
             event = StepEvent(
                 trip.trip_id,
                 step.name,
@@ -138,3 +140,28 @@ class TripEvents:
                 listener.on_step(trip, event)
             except Exception:  # as above
                 log.exception("trip_listener_failed", listener=type(listener).__name__)
+
+
+class Calling:
+    """`TripEvents.calling` as a plain object, not a generator: one lives as long as its call, and
+    thousands of trips parked on a slow participant each keep one (a generator's frame is larger)."""
+
+    __slots__ = ("call", "events", "span", "started", "trip")
+
+    def __init__(self, events: TripEvents, trip: Trip, call: Call) -> None:
+        self.events, self.trip, self.call = events, trip, call
+        self.span: contextlib.AbstractContextManager[object] | None = None
+        self.started = 0.0
+
+    def __enter__(self) -> Call:
+        self.span = self.events.sent(self.trip, self.call)
+        if self.span is not None:
+            self.span.__enter__()
+        self.started = time.perf_counter()
+        return self.call
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self.span is not None:
+            self.span.__exit__(kind, error, tb)
+        if kind is None:
+            self.events.answered(self.trip, self.call, time.perf_counter() - self.started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -74,7 +75,14 @@ def flight_date(flight_id: str) -> date | None:
         return None
 
 
-@dataclass(frozen=True)
+def _intern(part: object, *names: str) -> None:
+    """Share the strings many trips repeat (catalogue ids, dates, the customer's): one copy each, however
+    many trips are in flight (a frozen dataclass, so set through object.__setattr__)."""
+    for name in names:
+        object.__setattr__(part, name, sys.intern(getattr(part, name)))
+
+
+@dataclass(frozen=True, slots=True)
 class FlightPart:
     outbound_flight_id: str
     return_flight_id: str
@@ -82,8 +90,11 @@ class FlightPart:
     passenger_count: int
     seats: tuple[str, ...] = ()  # named seats ("12A"), one per passenger; empty: the flight assigns them
 
+    def __post_init__(self) -> None:
+        _intern(self, "outbound_flight_id", "return_flight_id")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class HotelPart:
     hotel_id: str
     room_type: int
@@ -91,8 +102,11 @@ class HotelPart:
     check_out: str
     room_count: int
 
+    def __post_init__(self) -> None:
+        _intern(self, "hotel_id", "check_in", "check_out")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class CarPart:
     city: str
     car_class: int
@@ -100,7 +114,7 @@ class CarPart:
     drop_off: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TripRequest:
     trip_id: str
     customer_id: str
@@ -111,6 +125,9 @@ class TripRequest:
     payment_method_id: str
     currency: str
     car: CarPart | None = None
+
+    def __post_init__(self) -> None:
+        _intern(self, "customer_id", "email", "name", "payment_method_id", "currency")
 
     def to_json(self) -> dict[str, Any]:
         """As stored in the step log; a trip without a car is stored (and fingerprinted) as before cars."""
@@ -143,7 +160,7 @@ class TripRequest:
         return getattr(self, participant, None) is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One participant call as the step log records it."""
 
@@ -184,7 +201,7 @@ class OperationOutcome(StrEnum):
     CANCELLED = "CANCELLED"  # the trip was cancelled by its customer
 
 
-@dataclass
+@dataclass(slots=True)
 class Operation:
     """A change or a cancellation of a booked trip: a saga of its own on the trip (coordinator/operations.py).
 
@@ -250,7 +267,7 @@ class Operation:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Trip:
     request: TripRequest
     state: TripState
