@@ -165,13 +165,11 @@ class FlightInventory:
         rows = conn.execute(_LEGS, {"b_ids": list(flight_ids)})
         return {row.flight_id: Leg(*row) for row in rows}
 
-    async def seats_of(self, reservation_id: str) -> dict[str, list[str]]:
+    def facts(self, conn: Connection, record: Record) -> dict[str, list[str]]:
         """The seats a reservation holds, per flight (none once it is cancelled or expired)."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(_SEATS_OF, {"b_id": reservation_id})
-            seats: dict[str, list[str]] = {}
-            for row in rows:
-                seats.setdefault(row.flight_id, []).append(row.seat)
+        seats: dict[str, list[str]] = {}
+        for flight_id, seat in conn.execute(_SEATS_OF, {"b_id": record.reservation_id}):
+            seats.setdefault(flight_id, []).append(seat)
         return seats
 
     def _seat(self, conn: Connection, flight_id: str, capacity: int, booking: FlightBooking, rid: str) -> None:

@@ -65,12 +65,12 @@ class FlightServicer(ParticipantServicer[FlightBooking], flight_grpc.FlightServi
             flight_ids=list(stored.flight_ids),
             cabin=CABIN_TO_PROTO[stored.cabin],
             passenger_count=stored.passenger_count,
-            **(await self.describe(record)),
+            **self.describe(record),
         )
 
-    async def describe(self, record: Record) -> dict[str, Any]:
-        """The seats the reservation holds, per flight, read from the seat assignments."""
-        seats = await self.inventory.seats_of(record.reservation_id)
+    def describe(self, record: Record) -> dict[str, Any]:
+        """The seats the reservation holds, per flight (read by the inventory in the call's transaction)."""
+        seats: dict[str, list[str]] = record.facts or {}
         return {"seats": [flight_pb.FlightSeats(flight_id=f, seats=s) for f, s in seats.items()]}
 
 

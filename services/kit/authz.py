@@ -22,7 +22,7 @@ import grpc
 
 from services.kit.certs import COORDINATOR, identity_uri
 from services.kit.errors import PermissionDeniedError
-from services.kit.wrapping import check_first
+from services.kit.wrapping import HandlerCache, check_first
 
 COORDINATOR_ONLY_METHODS = frozenset({"Reserve", "Confirm", "Cancel"})
 
@@ -49,6 +49,9 @@ class CoordinatorOnly(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Refuse Reserve/Confirm/Cancel from any identity but the coordinator's. Install it inside
     kit.interceptors.ServerInterceptor (it raises PermissionDeniedError) and only when TLS is on."""
 
+    def __init__(self) -> None:
+        self._cache = HandlerCache()
+
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
     ) -> Any:
@@ -56,14 +59,18 @@ class CoordinatorOnly(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         if handler is None or method.rsplit("/", 1)[-1] not in COORDINATOR_ONLY_METHODS:
             return handler
+        return self._cache.get(method, handler, lambda inner: _coordinator_only(inner, method))
 
-        def check(_request: Any, context: grpc.aio.ServicerContext) -> None:
-            identity = peer_identity(context)
-            if not allowed(identity, method):
-                raise PermissionDeniedError(
-                    f"{method} may be called only by the coordinator ({identity_uri(COORDINATOR)}); "
-                    f"this caller's certificate is {identity or 'without an identity'}",
-                    metadata={"caller": identity or ""},
-                )
 
-        return check_first(handler, check)
+def _coordinator_only(handler: Any, method: str) -> Any:
+
+    def check(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        identity = peer_identity(context)
+        if not allowed(identity, method):
+            raise PermissionDeniedError(
+                f"{method} may be called only by the coordinator ({identity_uri(COORDINATOR)}); "
+                f"this caller's certificate is {identity or 'without an identity'}",
+                metadata={"caller": identity or ""},
+            )
+
+    return check_first(handler, check)

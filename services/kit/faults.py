@@ -59,6 +59,7 @@ import structlog
 from google.protobuf import descriptor_pool
 
 from services.kit.errors import InjectedFaultError
+from services.kit.wrapping import HandlerCache
 
 log = structlog.get_logger("tripmesh.faults")
 
@@ -288,6 +289,7 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, plan: FaultPlan, var: str) -> None:
         self.plan = plan
         self._var = var
+        self._cache = HandlerCache()
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
@@ -299,10 +301,14 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         if not self.plan.covers(method):
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return self._cache.get(
+            full,
+            handler,
+            lambda inner: grpc.unary_unary_rpc_method_handler(
+                self._wrap(inner.unary_unary, method),
+                request_deserializer=inner.request_deserializer,
+                response_serializer=inner.response_serializer,
+            ),
         )
 
     def _wrap(self, behaviour: Any, method: str) -> Any:

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ import structlog
 from services.kit.db import is_retriable
 from services.kit.errors import TransientError, TripmeshError
 from services.kit.status import to_grpc_status
-from services.kit.wrapping import rewrap
+from services.kit.wrapping import HandlerCache, rewrap
 
 TRIP_ID_METADATA = "tripmesh-trip-id"
 
@@ -33,9 +33,18 @@ def _trip_id(metadata: Any) -> str | None:
     return None
 
 
+def _bind(rpc: str, context: grpc.aio.ServicerContext) -> Mapping[str, Any]:
+    """Bind the call's log context (rpc, and trip_id when the caller sent one); the tokens undo it."""
+    trip_id = _trip_id(context.invocation_metadata())
+    if trip_id:
+        return structlog.contextvars.bind_contextvars(rpc=rpc, trip_id=trip_id)
+    return structlog.contextvars.bind_contextvars(rpc=rpc)
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, domain: str) -> None:
         self._domain = domain
+        self._cache = HandlerCache()
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
@@ -43,42 +52,47 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        context_vars = {"rpc": details.method.rsplit("/", 1)[-1]}
-        trip_id = _trip_id(details.invocation_metadata)
-        if trip_id:
-            context_vars["trip_id"] = trip_id
+        # Wrapped once per method: the call's own context (its trip id) is read when it runs.
+        return self._cache.get(details.method, handler, lambda inner: self._wrap(inner, details.method))
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        rpc = method.rsplit("/", 1)[-1]
         return rewrap(
             handler,
-            unary=lambda behaviour: self._wrap_unary(behaviour, context_vars),
-            stream=lambda behaviour: self._wrap_stream(behaviour, context_vars),
+            unary=lambda behaviour: self._wrap_unary(behaviour, rpc),
+            stream=lambda behaviour: self._wrap_stream(behaviour, rpc),
         )
 
-    def _wrap_unary(self, behaviour: Any, context_vars: dict[str, str]) -> Any:
+    def _wrap_unary(self, behaviour: Any, rpc: str) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with structlog.contextvars.bound_contextvars(**context_vars):
-                try:
-                    return await behaviour(request, context)
-                except TripmeshError as error:
-                    await self._abort(context, error)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
-                    await self._unexpected(context, error)
+            tokens = _bind(rpc, context)
+            try:
+                return await behaviour(request, context)
+            except TripmeshError as error:
+                await self._abort(context, error)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
+                await self._unexpected(context, error)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
 
         return wrapped
 
-    def _wrap_stream(self, behaviour: Any, context_vars: dict[str, str]) -> Any:
+    def _wrap_stream(self, behaviour: Any, rpc: str) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            with structlog.contextvars.bound_contextvars(**context_vars):
-                try:
-                    async for item in behaviour(request, context):
-                        yield item
-                except TripmeshError as error:
-                    await self._abort(context, error)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
-                    await self._unexpected(context, error)
+            tokens = _bind(rpc, context)
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except TripmeshError as error:
+                await self._abort(context, error)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
+                await self._unexpected(context, error)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
 
         return wrapped
 

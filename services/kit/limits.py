@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from services.kit.errors import FieldViolation, InvalidRequestError
 from services.kit.redact import looks_like_card_number
-from services.kit.wrapping import check_first
+from services.kit.wrapping import HandlerCache, check_first
 
 DEFAULT_MAX_STRING = 256
 DEFAULT_MAX_ITEMS = 64
@@ -109,14 +109,21 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Decode safely and check limits before the handler; errors are raised as InvalidRequestError, so
     install it inside kit.interceptors.ServerInterceptor, which turns them into rich statuses."""
 
+    def __init__(self) -> None:
+        self._cache = HandlerCache()
+
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
     ) -> Any:
         handler = await continuation(details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
-        return check_first(
-            handler,
-            lambda request, _context: check_request(request),
-            request_deserializer=_safe_deserializer(handler.request_deserializer),
-        )
+        return self._cache.get(details.method, handler, _guarded)
+
+
+def _guarded(handler: Any) -> Any:
+    return check_first(
+        handler,
+        lambda request, _context: check_request(request),
+        request_deserializer=_safe_deserializer(handler.request_deserializer),
+    )

@@ -68,6 +68,27 @@ def check_first(
     return rewrap(handler, unary=unary, stream=stream, request_deserializer=request_deserializer)
 
 
+class HandlerCache:
+    """Each method's wrapped handler, built on its first call and reused while the inner handler is the same.
+
+    An interceptor whose wrapping depends only on the method and its handler (not on the call) asks
+    this cache instead of rebuilding the handler, its closures and its namedtuple on every call. The
+    inner handler is compared by identity: the server's handlers, and those of the cached interceptors
+    inside, are the same objects from call to call, so the cache holds one entry per method served.
+    """
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, tuple[Any, Any]] = {}
+
+    def get(self, method: str, handler: Any, build: Callable[[Any], Any]) -> Any:
+        hit = self._by_method.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = build(handler)
+        self._by_method[method] = (handler, wrapped)
+        return wrapped
+
+
 def split_method(full_method: str) -> tuple[str, str]:
     """'/tripmesh.v1.FlightService/Reserve' -> ('tripmesh.v1.FlightService', 'Reserve')."""
     service, _, method = full_method.lstrip("/").rpartition("/")

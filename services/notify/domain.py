@@ -100,6 +100,7 @@ def delivery_state(status: Status, outbox_state: str | None) -> DeliveryState:
 
 # The hot statements, built once: no expression building or cache keys per call.
 _QUEUE = insert(outbox)
+_STATE = select(outbox.c.state).where(outbox.c.reservation_id == bindparam("b_id"))
 _DISCARD = (
     update(outbox)
     .where(outbox.c.reservation_id == bindparam("b_id"), outbox.c.state == DeliveryState.PENDING.value)
@@ -142,9 +143,7 @@ class NotifyDomain:
             return  # a staged message lives only in the reservation row, which the store cancels
         conn.execute(_DISCARD, {"b_id": record.reservation_id})
 
-    async def delivery_state(self, record: Record) -> DeliveryState:
-        async with self.engine.connect() as conn:
-            state = (
-                await conn.execute(select(outbox.c.state).where(outbox.c.reservation_id == record.reservation_id))
-            ).scalar_one_or_none()
+    def facts(self, conn: Connection, record: Record) -> DeliveryState:
+        """The message's delivery state, from its outbox row (if it has one yet)."""
+        state = conn.execute(_STATE, {"b_id": record.reservation_id}).scalar_one_or_none()
         return delivery_state(record.status, state)

@@ -41,8 +41,11 @@ class NotificationServicer(ParticipantServicer[MessageDetails], notify_grpc.Noti
         super().__init__(store)
         self.domain = domain
 
-    async def describe(self, record: Record) -> dict[str, Any]:
-        return {"delivery_state": DELIVERY_STATE_TO_PROTO[await self.domain.delivery_state(record)]}
+    def describe(self, record: Record) -> dict[str, Any]:
+        """The delivery state its domain read in the call's transaction (none for Reserve's answer)."""
+        if record.facts is None:
+            return {}
+        return {"delivery_state": DELIVERY_STATE_TO_PROTO[record.facts]}
 
     async def Reserve(
         self, request: notify_pb.NotificationServiceReserveRequest, context: grpc.aio.ServicerContext

@@ -3,6 +3,11 @@
 The store calls these inside the transaction that writes the reservation row, so the business change
 and the idempotency fence commit or roll back together. They are synchronous: the store runs the whole
 transaction on the database's worker thread (services.kit.db.Database), never on the event loop.
+
+A domain may also define `facts(conn, record) -> Any`: what its answers carry beside the reservation
+row (flight: the seats held). The store calls it in the same transaction as the change (or the read)
+whose record is answered, so the answer costs no second trip to the database, and puts the result in
+`Record.facts` for the servicer to translate.
 """
 
 from __future__ import annotations

@@ -32,13 +32,14 @@ class ParticipantServicer(Generic[DetailsT]):
             if owner.__module__.endswith("_pb2_grpc"):
                 raise TypeError(f"{cls.__name__}: list ParticipantServicer before {owner.__name__} in the bases")
 
-    async def describe(self, record: Record) -> dict[str, Any]:
-        """Extra response fields a service adds to Confirm/Get answers (notify: delivery state, read from its DB)."""
+    def describe(self, record: Record) -> dict[str, Any]:
+        """Extra response fields a service adds to Confirm/Get answers, from `record.facts` (notify: the
+        delivery state its domain read in the same transaction)."""
         return {}
 
     async def Confirm(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = await self.store.confirm(request.reservation_id)
-        return self.confirm_response(reservation=reservation_to_proto(record), **(await self.describe(record)))
+        return self.confirm_response(reservation=reservation_to_proto(record), **self.describe(record))
 
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = await self.store.cancel(request.reservation_id)
@@ -46,4 +47,4 @@ class ParticipantServicer(Generic[DetailsT]):
 
     async def GetReservation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = await self.store.get(request.reservation_id)
-        return self.get_response(reservation=reservation_to_proto(record), **(await self.describe(record)))
+        return self.get_response(reservation=reservation_to_proto(record), **self.describe(record))

@@ -47,6 +47,9 @@ class Record:
     created_at: datetime
     updated_at: datetime
     tombstone: bool = False
+    # What the service's domain read beside the row in the same transaction, for the answer (flight:
+    # the seats held; notify: the delivery state); None where it reads nothing or was not asked.
+    facts: Any = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.status is Status.HELD and self.expire_at is not None and self.expire_at <= now

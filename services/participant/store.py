@@ -9,6 +9,7 @@ with one id: the loser re-reads and is answered as a repeat.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -69,6 +70,7 @@ class ReservationStore(Generic[DetailsT]):
         self.domain = domain
         self.clock = clock
         self.hold = timedelta(seconds=hold_seconds)
+        self._facts: Callable[[Connection, Record], Any] | None = getattr(domain, "facts", None)
         # The hot statements, built once: SQLAlchemy then skips construction and cache-key work per call.
         t = table.c
         self._select = select(table).where(t.reservation_id == bindparam("b_id"))
@@ -104,11 +106,13 @@ class ReservationStore(Generic[DetailsT]):
                     now,
                 )
                 conn.execute(self._insert, _row_values(record))
-                return record
+                return self._described(conn, record)
             if decision is Decision.EXPIRE:
                 assert existing is not None
                 self._expire(conn, existing, now)
-            return self._refusal(decision, reservation_id) if decision is not Decision.RETURN else _some(existing)
+            if decision is Decision.RETURN:
+                return self._described(conn, _some(existing))
+            return self._refusal(decision, reservation_id)
 
         try:
             outcome = await self._transaction(work)
@@ -132,12 +136,12 @@ class ReservationStore(Generic[DetailsT]):
             if decision is Decision.CONFIRM:
                 assert existing is not None
                 self.domain.confirm(conn, existing)
-                return self._transition(conn, existing, Status.CONFIRMED, now)
+                return self._described(conn, self._transition(conn, existing, Status.CONFIRMED, now))
             if decision is Decision.EXPIRE:
                 assert existing is not None
                 self._expire(conn, existing, now)
             if decision is Decision.RETURN:
-                return _some(existing)
+                return self._described(conn, _some(existing))
             return self._refusal(decision, reservation_id, confirming=True)
 
         outcome = await self._transaction(work)
@@ -175,7 +179,12 @@ class ReservationStore(Generic[DetailsT]):
 
     async def get(self, reservation_id: str) -> Record:
         check_reservation_id(reservation_id)
-        existing = await self.db.read(functools.partial(self._read, reservation_id=reservation_id, lock=False))
+
+        def work(conn: Connection) -> Record | None:
+            existing = self._read(conn, reservation_id, lock=False)
+            return None if existing is None else self._described(conn, existing)
+
+        existing = await self.db.read(work)
         if existing is None:
             raise ReservationNotFoundError(f"no reservation {reservation_id!r}")
         return existing
@@ -216,6 +225,12 @@ class ReservationStore(Generic[DetailsT]):
     def _read(self, conn: Connection, reservation_id: str, *, lock: bool = True) -> Record | None:
         row = conn.execute(self._select_locked if lock else self._select, {"b_id": reservation_id}).first()
         return None if row is None else _record(row)
+
+    def _described(self, conn: Connection, record: Record) -> Record:
+        """`record` with the domain's facts, read in the caller's transaction."""
+        if self._facts is None:
+            return record
+        return dataclasses.replace(record, facts=self._facts(conn, record))
 
     def _transition(self, conn: Connection, record: Record, to: Status, now: datetime) -> Record:
         """One conditional UPDATE: moves the row only from the status it was read in."""

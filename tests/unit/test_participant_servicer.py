@@ -95,7 +95,7 @@ class NotifyLikeServicer(ParticipantServicer[Any]):
     cancel_response = notify_pb.NotificationServiceCancelResponse
     get_response = notify_pb.NotificationServiceGetReservationResponse
 
-    async def describe(self, record: Record) -> dict[str, Any]:
+    def describe(self, record: Record) -> dict[str, Any]:
         return {"delivery_state": notify_pb.DELIVERY_STATE_PENDING}
 
 
