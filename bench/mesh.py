@@ -209,9 +209,11 @@ class Mesh:
         *,
         participant_faults: Mapping[str, str] | None = None,
         otlp_endpoint: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         """`otlp_endpoint`: every process serves /metrics on a free port and sends its spans there;
-        None: metrics and tracing off in every process (the baseline)."""
+        None: metrics and tracing off in every process (the baseline). `extra_env`: TRIPMESH_* settings
+        every process gets, at every start."""
         self.var_dir = var_dir
         self.log_dir = var_dir / "logs"
         names = ["smtp-sink", *PARTICIPANTS, "coordinator"]
@@ -220,6 +222,7 @@ class Mesh:
         observed = (*PARTICIPANTS, "coordinator") if otlp_endpoint else ()
         self.metrics_ports = dict(zip(observed, free_ports(len(observed)), strict=True))
         self.participant_faults = dict(participant_faults or {})
+        self.extra_env = dict(extra_env or {})
         self.procs: dict[str, Proc] = {}
 
     def address(self, name: str) -> str:
@@ -248,6 +251,7 @@ class Mesh:
             del env[variable]
         if self.otlp_endpoint:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
+        env.update(self.extra_env)
         return env
 
     def metrics_addresses(self) -> list[str]:

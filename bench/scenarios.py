@@ -48,6 +48,9 @@ from bench.observe import Observer
 
 HOLD_MARKER = "hold-"
 HOLD_RULE = json.dumps([{"method": "Reserve", "match": HOLD_MARKER, "latency_ms": 3_600_000}])
+# Each parked trip keeps a Reserve open at flight and at hotel for the hour: lift their cap on calls at once
+# (4096 by default, the backpressure of kit.server) so that 10,000 can be parked, not refused.
+HOLD_PARTICIPANT_ENV = {"TRIPMESH_FLIGHT_MAX_CONCURRENT_RPCS": "100000", "TRIPMESH_HOTEL_MAX_CONCURRENT_RPCS": "100000"}
 HOLD_COORDINATOR_ENV = {
     "TRIPMESH_COORDINATOR_CALL_TIMEOUT_SECONDS": "7200",
     "TRIPMESH_COORDINATOR_TRIP_TIMEOUT_SECONDS": "7200",
@@ -348,7 +351,7 @@ def _coordinator_started_logged(log_path: Path, offset: int) -> bool:
 def run_scale_recovery(config: Config, work: Path, progress: Progress, log: Callable[[str], None]) -> ScaleRecovery:
     out = ScaleRecovery()
     var_dir = work / "scale-recovery"
-    mesh = Mesh(var_dir, participant_faults={"flight": HOLD_RULE, "hotel": HOLD_RULE})
+    mesh = Mesh(var_dir, participant_faults={"flight": HOLD_RULE, "hotel": HOLD_RULE}, extra_env=HOLD_PARTICIPANT_ENV)
     db = mesh.coordinator_db("tripmesh")
     try:
         progress.phase("scale: starting")
