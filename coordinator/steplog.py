@@ -273,28 +273,15 @@ class StepLogStore:
 
         async def work() -> bool:
             async with self.engine.begin() as conn:
-                moved = (
-                    await conn.execute(
-                        update(trips)
-                        .where(trips.c.trip_id == trip.trip_id, trips.c.state == TripState.NEEDS_ATTENTION.value)
-                        .values(
-                            state=state.value,
-                            updated_at=now,
-                            owner=me,
-                            fence=trips.c.fence + 1,
-                            lease_expires_at=_now() + self.lease,
-                        )
-                        .returning(trips.c.fence)
-                    )
-                ).first()
-                if moved is None:
+                where = (trips.c.state == TripState.NEEDS_ATTENTION.value,)
+                fence = await self._take(conn, trip.trip_id, where, "retry", state=state.value, updated_at=now)
+                if fence is None:
                     return False
-                await conn.execute(insert(trip_leases), [_grant(trip.trip_id, moved.fence, me, _now(), "retry")])
                 if step_names:
                     await conn.execute(
                         update(steps)
                         .where(steps.c.trip_id == trip.trip_id, steps.c.name.in_(step_names))
-                        .values(status=StepStatus.STARTED.value, finished_at=None, fence=moved.fence, owner=me)
+                        .values(status=StepStatus.STARTED.value, finished_at=None, fence=fence, owner=me)
                     )
                 return True
 
@@ -306,38 +293,34 @@ class StepLogStore:
         Conditional on the trip being CONFIRMED under the token it was read with, so of two requests at
         once only one begins (False for the other, which looks again). Durable before anything is sent.
         """
-        me = self.replica_id
         operations = [*trip.operations_json(), op.to_json()]
+        where = (trips.c.state == TripState.CONFIRMED.value, trips.c.fence == trip.fence)
+        values = {"state": state.value, "operations": operations, "failure_reason": "", "updated_at": now}
 
         async def work() -> bool:
             async with self.engine.begin() as conn:
-                moved = (
-                    await conn.execute(
-                        update(trips)
-                        .where(
-                            trips.c.trip_id == trip.trip_id,
-                            trips.c.state == TripState.CONFIRMED.value,
-                            trips.c.fence == trip.fence,
-                        )
-                        .values(
-                            state=state.value,
-                            operations=operations,
-                            failure_reason="",
-                            updated_at=now,
-                            owner=me,
-                            fence=trips.c.fence + 1,
-                            lease_expires_at=_now() + self.lease,
-                        )
-                        .returning(trips.c.fence)
-                    )
-                ).first()
-                if moved is None:
-                    return False
-                grant = _grant(trip.trip_id, moved.fence, me, _now(), op.kind.value.lower())
-                await conn.execute(insert(trip_leases), [grant])
-                return True
+                return await self._take(conn, trip.trip_id, where, op.kind.value.lower(), **values) is not None
 
         return await db_retry(work)
+
+    async def _take(
+        self, conn: AsyncConnection, trip_id: str, where: tuple[Any, ...], reason: str, **values: Any
+    ) -> int | None:
+        """One conditional UPDATE of a trip (`where` and its id) that also leases it to this replica under
+        the next token, and the grant's row; the new token, or None when the condition did not hold."""
+        me = self.replica_id
+        moved = (
+            await conn.execute(
+                update(trips)
+                .where(trips.c.trip_id == trip_id, *where)
+                .values(**values, owner=me, fence=trips.c.fence + 1, lease_expires_at=_now() + self.lease)
+                .returning(trips.c.fence)
+            )
+        ).first()
+        if moved is None:
+            return None
+        await conn.execute(insert(trip_leases), [_grant(trip_id, moved.fence, me, _now(), reason)])
+        return int(moved.fence)
 
     async def load(self, trip_id: str) -> Trip | None:
         async def read() -> tuple[Row[Any] | None, list[Row[Any]]]:

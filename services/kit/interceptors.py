@@ -68,12 +68,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             tokens = _bind(rpc, context)
             try:
                 return await behaviour(request, context)
-            except TripmeshError as error:
-                await self._abort(context, error)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
-                await self._unexpected(context, error)
+            except Exception as error:  # noqa: BLE001 - answered (see _answer_error)
+                await self._answer_error(context, error)
             finally:
                 structlog.contextvars.reset_contextvars(**tokens)
 
@@ -85,16 +81,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 async for item in behaviour(request, context):
                     yield item
-            except TripmeshError as error:
-                await self._abort(context, error)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:  # noqa: BLE001 - answered, and logged with its traceback
-                await self._unexpected(context, error)
+            except Exception as error:  # noqa: BLE001 - answered (see _answer_error)
+                await self._answer_error(context, error)
             finally:
                 structlog.contextvars.reset_contextvars(**tokens)
 
         return wrapped
+
+    async def _answer_error(self, context: grpc.aio.ServicerContext, error: Exception) -> None:
+        """A handler's exception as the caller sees it: ours with its code and details, an abort the
+        handler already answered as it is, anything else as _unexpected says (logged with its traceback)."""
+        if isinstance(error, TripmeshError):
+            await self._abort(context, error)
+        elif isinstance(error, grpc.aio.AbortError):
+            raise error
+        else:
+            await self._unexpected(context, error)
 
     async def _unexpected(self, context: grpc.aio.ServicerContext, error: Exception) -> None:
         """A database that cannot be reached right now is UNAVAILABLE (retry), not a bug; the rest is INTERNAL."""
