@@ -22,6 +22,7 @@ from tests.chaos.test_crash_points import COORDINATOR_ENV
 from tests.support.chaos import (
     ProcessMesh,
     coordinator_stub,
+    crash_trip_id,
     ledger_counts,
     ledger_problems,
     reservation_rows,
@@ -48,8 +49,7 @@ class Case:
 
     @property
     def trip_id(self) -> str:
-        kind = "cancel" if self.cancel else "change"
-        return f"crash-{kind}-{self.point}-{self.name.replace('.', '-').replace('@', '-').lower()}"
+        return crash_trip_id("cancel" if self.cancel else "change", self.point, self.name)
 
 
 CASES = [

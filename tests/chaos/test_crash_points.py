@@ -26,6 +26,7 @@ from tests.support.chaos import (
     PARTICIPANTS,
     ProcessMesh,
     coordinator_stub,
+    crash_trip_id,
     get_trip,
     ledger_counts,
     ledger_problems,
@@ -79,8 +80,7 @@ class Case:
 
     @property
     def trip_id(self) -> str:
-        kind = "declined" if self.declined else "ok"
-        return f"crash-{kind}-{self.point}-{self.name.replace('.', '-').lower()}"
+        return crash_trip_id("declined" if self.declined else "ok", self.point, self.name)
 
     @property
     def expected(self) -> int:

@@ -17,6 +17,7 @@ import email
 import functools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,11 @@ def chaos_seed() -> int:
     """TRIPMESH_CHAOS_SEED, or a fresh random seed for this session (printed in the report header)."""
     text = os.environ.get(SEED_VAR, "").strip()
     return int(text) if text else random.SystemRandom().randrange(2**32)
+
+
+def crash_trip_id(kind: str, point: str, name: str) -> str:
+    """The trip id of a crash-point case: its kind, the point and the step or state, as an id allows."""
+    return f"crash-{kind}-{point}-{re.sub(r'[.@]', '-', name).lower()}"
 
 
 def state_name(state: int) -> str:
