@@ -84,6 +84,7 @@ async def start_coordinator(
         raise ValueError(f"TRIPMESH_COORDINATOR_STEP_LOG must be 'on' or 'off', got {settings.step_log!r}")
     settings.lease.validate()
     store = StepLogStore(db, durable=settings.step_log == "on", lease_seconds=settings.lease.lease_seconds)
+    bound_stalled_transactions(store.writer.engine, settings.lease.lease_seconds)
     if not store.durable:
         log.warning("step_log_off", detail="nothing is durable: a benchmark limit, not a way to run tripmesh")
     participants = Participants(

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy import Engine as DbEngine
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -49,7 +50,7 @@ from services.kit.errors import TransientError
 log = structlog.get_logger("tripmesh.lease")
 
 
-def bound_stalled_transactions(db: AsyncEngine, seconds: float) -> None:
+def bound_stalled_transactions(db: AsyncEngine | DbEngine, seconds: float) -> None:
     """On PostgreSQL, have the server end a transaction left idle longer than a lease.
 
     The batch writer holds its trips' rows locked (FOR UPDATE) until it commits; a replica frozen in
@@ -62,7 +63,7 @@ def bound_stalled_transactions(db: AsyncEngine, seconds: float) -> None:
         return
     millis = max(1000, int(seconds * 1000))
 
-    @event.listens_for(db.sync_engine, "connect")
+    @event.listens_for(db.sync_engine if isinstance(db, AsyncEngine) else db, "connect")
     def _bound(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"SET idle_in_transaction_session_timeout = {millis}")

@@ -13,14 +13,14 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.models import steps, trip_leases, trips
 from coordinator.trip import TERMINAL_STATES, Operation, Step, StepStatus, Trip, TripRequest, TripState
 from coordinator.writer import BatchResult, GroupCommitter, Lease, NewTrip, StateWrite, StepWrite, Write
-from services.kit.db import db_retry
+from services.kit.db import Database, db_retry
 
 _TERMINAL = [s.value for s in TERMINAL_STATES]
 
@@ -44,14 +44,20 @@ class StepLogStore:
         replica_id: str = "local",
         lease_seconds: float = 10.0,
         versions: Collection[int] | None = None,
+        writer: Database | None = None,
     ) -> None:
         """durable=False writes nothing at all: only for the benchmark's no-step-log limit.
+
+        The group commit writes through `writer` (by default a one-connection `Database` on the engine's
+        URL): a whole batch is one hop to its thread, not one per statement as through the AsyncEngine's
+        driver; at c=1 those hops were most of what the step log cost the coordinator.
 
         `replica_id` names this coordinator process in the leases it takes (coordinator/lease.py); it
         may be set after construction, before the first write. `versions`: the saga definition versions
         this coordinator can drive; it never claims (leases) a trip of another version. None: any.
         """
         self.engine = engine
+        self.writer = writer or Database(engine.url.render_as_string(hide_password=False), pool_size=1)
         self.versions = None if versions is None else sorted(versions)
         self.durable = durable
         self.replica_id = replica_id
@@ -65,7 +71,9 @@ class StepLogStore:
         # The batch's statements, built once: per batch SQLAlchemy then only looks up the compiled form
         # (building them per batch was a third of the coordinator's CPU at c=1). An UPDATE with no
         # .values() takes its SET columns from the parameters of each execution.
-        self._insert_trip = self._insert(trips).on_conflict_do_nothing(index_elements=[trips.c.trip_id])
+        self._insert_trip = (
+            self._insert(trips).on_conflict_do_nothing(index_elements=[trips.c.trip_id]).returning(trips.c.trip_id)
+        )
         self._insert_grants = insert(trip_leases)
         self._lock_leases = (
             select(trips.c.trip_id, trips.c.owner, trips.c.fence)
@@ -89,59 +97,53 @@ class StepLogStore:
 
     async def close(self) -> None:
         await self._committer.close()
+        await self.writer.dispose()
 
     async def _write_batch(self, writes: Sequence[Write]) -> BatchResult:
+        return await db_retry(lambda: self.writer.transaction(lambda conn: self._write_batch_in(conn, writes)))
+
+    def _write_batch_in(self, conn: Connection, writes: Sequence[Write]) -> BatchResult:
+        """The batch, in one transaction on the writer's thread (synchronous: no hop per statement)."""
         new_trips = [w for w in writes if isinstance(w, NewTrip)]
         new_ids = {w.trip_id for w in new_trips}
         existing = sorted({w.trip_id for w in writes} - new_ids)
         me = self.replica_id
-
-        async def work() -> BatchResult:
-            now = _now()
-            async with self.engine.begin() as conn:
-                conflicts: set[str] = set()
-                for new in new_trips:
-                    trip_values = {**new.values, "owner": me, "fence": new.fence, "lease_expires_at": now + self.lease}
-                    inserted = await conn.execute(self._insert_trip, trip_values)
-                    if inserted.rowcount != 1:
-                        conflicts.add(new.trip_id)
-                granted = [_grant(w.trip_id, w.fence, me, now, "new") for w in new_trips if w.trip_id not in conflicts]
-                if granted:
-                    await conn.execute(self._insert_grants, granted)
-                # The fence check: the rows stay locked (PostgreSQL) until this batch commits, so a
-                # takeover commits either before the check (and refuses these writes) or after them.
-                leases: dict[str, Lease] = {}
-                if existing:
-                    rows = await conn.execute(self._lock_leases, {"b_ids": existing})
-                    leases = {r.trip_id: Lease(r.owner, r.fence) for r in rows}
-                leases.update({t: Lease(me, 1) for t in new_ids - conflicts})
-                stale: dict[tuple[str, int], Lease] = {}
-                accepted: list[Write] = []
-                for w in writes:
-                    if w.trip_id in conflicts or isinstance(w, NewTrip):
-                        continue
-                    lease = leases.get(w.trip_id, Lease("", 0))
-                    if lease.fence == w.fence and lease.owner == me:
-                        accepted.append(w)
-                    else:
-                        stale[(w.trip_id, w.fence)] = lease
-                rows_ = [{**w.values, "fence": w.fence, "owner": me} for w in accepted if isinstance(w, StepWrite)]
-                if rows_:
-                    await conn.execute(self._upsert_step, rows_)
-                for state in (w for w in accepted if isinstance(w, StateWrite)):
-                    values: dict[str, Any] = {
-                        "state": state.state,
-                        "failure_reason": state.reason,
-                        "updated_at": state.at,
-                    }
-                    if state.terminal:
-                        values["lease_expires_at"] = None  # the lease ends with the trip
-                    if state.operations is not None:
-                        values["operations"] = state.operations
-                    await conn.execute(self._update_state, {"b_id": state.trip_id, "b_fence": state.fence, **values})
-                return BatchResult(conflicts, stale)
-
-        return await db_retry(work)
+        now = _now()
+        conflicts: set[str] = set()
+        for new in new_trips:
+            trip_values = {**new.values, "owner": me, "fence": new.fence, "lease_expires_at": now + self.lease}
+            if conn.execute(self._insert_trip, trip_values).first() is None:  # (psycopg gives no rowcount)
+                conflicts.add(new.trip_id)
+        granted = [_grant(w.trip_id, w.fence, me, now, "new") for w in new_trips if w.trip_id not in conflicts]
+        if granted:
+            conn.execute(self._insert_grants, granted)
+        # The fence check: the rows stay locked (PostgreSQL) until this batch commits, so a takeover
+        # commits either before the check (and refuses these writes) or after them.
+        leases: dict[str, Lease] = {}
+        if existing:
+            leases = {r.trip_id: Lease(r.owner, r.fence) for r in conn.execute(self._lock_leases, {"b_ids": existing})}
+        leases.update({t: Lease(me, 1) for t in new_ids - conflicts})
+        stale: dict[tuple[str, int], Lease] = {}
+        accepted: list[Write] = []
+        for w in writes:
+            if w.trip_id in conflicts or isinstance(w, NewTrip):
+                continue
+            lease = leases.get(w.trip_id, Lease("", 0))
+            if lease.fence == w.fence and lease.owner == me:
+                accepted.append(w)
+            else:
+                stale[(w.trip_id, w.fence)] = lease
+        rows = [{**w.values, "fence": w.fence, "owner": me} for w in accepted if isinstance(w, StepWrite)]
+        if rows:
+            conn.execute(self._upsert_step, rows)
+        for state in (w for w in accepted if isinstance(w, StateWrite)):
+            values: dict[str, Any] = {"state": state.state, "failure_reason": state.reason, "updated_at": state.at}
+            if state.terminal:
+                values["lease_expires_at"] = None  # the lease ends with the trip
+            if state.operations is not None:
+                values["operations"] = state.operations
+            conn.execute(self._update_state, {"b_id": state.trip_id, "b_fence": state.fence, **values})
+        return BatchResult(conflicts, stale)
 
     # --- leases (coordinator/lease.py decides when; this is how) ------------------------------------
 
