@@ -8,6 +8,8 @@ closed loop for 6 s (a refused client tries again after 20 ms, a new trip id eac
 - both happen (the offer really is beyond capacity, and accepted trips keep being served);
 - every accepted trip ends terminal, and `tripmesh audit` finds no violation and no orphaned hold;
 - a refused trip id was never written (GetTrip: NOT_FOUND);
+- a repeat of an accepted trip id, sent while the coordinator is full, is answered with that trip, never
+  refused (the coordinator reads the step log before refusing);
 - the coordinator's resident memory stays bounded: it grows by less than 60 MB over its idle size and
   does not keep growing in the second half of the run.
 """
@@ -66,6 +68,7 @@ class Tally:
     accepted: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
+    repeats: list[str] = field(default_factory=list)  # what each repeat of an accepted trip was answered
     rss: list[tuple[float, int]] = field(default_factory=list)
 
 
@@ -109,6 +112,20 @@ async def offer(stub: trip_grpc.TripCoordinatorStub, client: int, until: float, 
         tally.accepted.append(trip_id)
 
 
+async def repeat_accepted(stub: trip_grpc.TripCoordinatorStub, until: float, tally: Tally) -> None:
+    """Book an already accepted trip again, with the same request, while the offer goes on."""
+    while time.monotonic() < until:
+        await asyncio.sleep(0.3)
+        if not tally.accepted:
+            continue
+        trip_id = tally.accepted[len(tally.repeats) % len(tally.accepted)]
+        try:
+            reply = await stub.BookTrip(request(trip_id), timeout=30)
+            tally.repeats.append("answered" if reply.trip.trip_id == trip_id else f"{trip_id}: another trip")
+        except grpc.aio.AioRpcError as error:
+            tally.repeats.append(f"{trip_id}: {error.code().name} {error.details()}")
+
+
 async def sample(pid: int, until: float, tally: Tally) -> None:
     start = time.monotonic()
     while time.monotonic() < until:
@@ -121,7 +138,11 @@ async def run_overload(mesh: RunningMesh, pid: int) -> Tally:
     async with grpc.aio.insecure_channel(mesh.address("coordinator")) as channel:
         stub = trip_grpc.TripCoordinatorStub(channel)
         until = time.monotonic() + SECONDS
-        await asyncio.gather(sample(pid, until, tally), *(offer(stub, c, until, tally) for c in range(CLIENTS)))
+        await asyncio.gather(
+            sample(pid, until, tally),
+            repeat_accepted(stub, until, tally),
+            *(offer(stub, c, until, tally) for c in range(CLIENTS)),
+        )
         deadline = time.monotonic() + 60
         pending = set(tally.accepted)
         while pending and time.monotonic() < deadline:
@@ -151,6 +172,7 @@ def test_overload_is_refused_with_retry_info_and_memory_stays_bounded(mesh: Runn
         f"coordinator RSS idle {idle // 1024} MiB, peak {peak // 1024} MiB (first half {first_half // 1024} MiB)"
     )
     assert not tally.other, tally.other[:10]
+    assert tally.repeats and set(tally.repeats) == {"answered"}, tally.repeats
     assert tally.accepted and tally.refused, (len(tally.accepted), len(tally.refused))
     assert len(tally.refused) > len(tally.accepted), "the offer should be well beyond capacity"
     assert peak - idle < 60 * 1024, (idle, peak)
