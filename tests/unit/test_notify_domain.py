@@ -123,6 +123,15 @@ def test_the_email_is_a_proper_message() -> None:
     assert parsed.get_content().strip() == "Hello Ada,\nall booked."  # type: ignore[attr-defined]
 
 
+def test_headers_that_are_not_ascii_are_encoded_and_read_back() -> None:
+    outgoing = OutboxMessage("trip-2/notify", "Zoë Ø <zoe@example.com>", "Zürich ✈ Lisboa", "Olá Zoë,\nboa viagem.")
+    raw = build_email(outgoing, sender="tripmesh <bookings@tripmesh.local>", clock=FakeClock()).as_bytes()
+    assert raw.isascii()  # 7-bit on the wire: headers RFC 2047, the body quoted-printable
+    parsed = message_from_bytes(raw, policy=default_policy)
+    assert parsed["To"] == "Zoë Ø <zoe@example.com>" and parsed["Subject"] == "Zürich ✈ Lisboa"
+    assert parsed.get_content().strip() == "Olá Zoë,\nboa viagem."  # type: ignore[attr-defined]
+
+
 def test_backoff_doubles_up_to_its_ceiling() -> None:
     delays = [backoff_seconds(n, interval=0.2, maximum=5.0) for n in range(1, 8)]
     assert delays == [0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
