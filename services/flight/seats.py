@@ -12,6 +12,7 @@ party, front first. No I/O: the inventory reads the taken seats and writes the c
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -33,10 +34,17 @@ class Seat:
         return f"{self.row}{self.letter}"
 
 
-def seat_map(cabin: Cabin, capacity: int) -> list[Seat]:
-    """Every seat of a cabin of this capacity, front to back, left to right."""
+@functools.cache
+def seat_map(cabin: Cabin, capacity: int) -> tuple[Seat, ...]:
+    """Every seat of a cabin of this capacity, front to back, left to right (built once per layout:
+    building it on every Reserve was a tenth of the flight service's CPU)."""
     letters = LETTERS[cabin]
-    return [Seat(FIRST_ROW[cabin] + i // len(letters), letters[i % len(letters)]) for i in range(capacity)]
+    return tuple(Seat(FIRST_ROW[cabin] + i // len(letters), letters[i % len(letters)]) for i in range(capacity))
+
+
+@functools.cache
+def _labelled(cabin: Cabin, capacity: int) -> tuple[tuple[Seat, str], ...]:
+    return tuple((seat, str(seat)) for seat in seat_map(cabin, capacity))
 
 
 def parse_seat(label: str) -> Seat | None:
@@ -66,7 +74,7 @@ def requested_seats(labels: Sequence[str], passenger_count: int) -> tuple[str, .
 def not_in_cabin(flight_id: str, cabin: Cabin, capacity: int, labels: Collection[str]) -> InvalidRequestError | None:
     """INVALID_ARGUMENT for named seats this cabin does not have, or None."""
     layout = seat_map(cabin, capacity)
-    known = {str(s) for s in layout}
+    known = {label for _seat, label in _labelled(cabin, capacity)}
     missing = [label for label in labels if label not in known]
     if not missing:
         return None
@@ -81,8 +89,8 @@ def not_in_cabin(flight_id: str, cabin: Cabin, capacity: int, labels: Collection
 def assign(cabin: Cabin, capacity: int, taken: Collection[str], count: int) -> list[str] | None:
     """`count` free seats side by side as far as they go, or None when fewer are free."""
     rows: dict[int, list[Seat]] = {}
-    for seat in seat_map(cabin, capacity):
-        if str(seat) not in taken:
+    for seat, label in _labelled(cabin, capacity):
+        if label not in taken:
             rows.setdefault(seat.row, []).append(seat)
     letters = LETTERS[cabin]
     for free in rows.values():  # a run of adjacent seats in one row
