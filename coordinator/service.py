@@ -59,7 +59,7 @@ class TripService:
         """
         seconds = self.book_wait if wait is None else wait
         trip = self.engine.live(request.trip_id) or await self._start(request)
-        if trip.request.fingerprint() != request.fingerprint():
+        if trip.request is not request and trip.request.fingerprint() != request.fingerprint():
             raise TripConflictError(f"trip {request.trip_id!r} already exists with a different request")
         if not await self.engine.accepted(trip.trip_id):
             if trip.trip_id not in self.engine.taken:

@@ -18,7 +18,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.models import steps, trip_leases, trips
-from coordinator.trip import TERMINAL_STATES, Operation, Step, StepStatus, Trip, TripRequest, TripState
+from coordinator.trip import (
+    TERMINAL_STATES,
+    Operation,
+    Step,
+    StepStatus,
+    Trip,
+    TripRequest,
+    TripState,
+    fingerprint_of,
+)
 from coordinator.writer import BatchResult, GroupCommitter, Lease, NewTrip, StateWrite, StepWrite, Write
 from services.kit.db import Database, db_retry
 
@@ -110,10 +119,10 @@ class StepLogStore:
         me = self.replica_id
         now = _now()
         conflicts: set[str] = set()
-        for new in new_trips:
-            trip_values = {**new.values, "owner": me, "fence": new.fence, "lease_expires_at": now + self.lease}
-            if conn.execute(self._insert_trip, trip_values).first() is None:  # (psycopg gives no rowcount)
-                conflicts.add(new.trip_id)
+        if new_trips:  # one multi-row INSERT; RETURNING names the rows inserted, the rest were taken
+            until = now + self.lease
+            rows = [{**w.values, "owner": me, "fence": w.fence, "lease_expires_at": until} for w in new_trips]
+            conflicts = new_ids - {r.trip_id for r in conn.execute(self._insert_trip, rows)}
         granted = [_grant(w.trip_id, w.fence, me, now, "new") for w in new_trips if w.trip_id not in conflicts]
         if granted:
             conn.execute(self._insert_grants, granted)
@@ -136,13 +145,17 @@ class StepLogStore:
         rows = [{**w.values, "fence": w.fence, "owner": me} for w in accepted if isinstance(w, StepWrite)]
         if rows:
             conn.execute(self._upsert_step, rows)
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one executemany per set of columns
         for state in (w for w in accepted if isinstance(w, StateWrite)):
             values: dict[str, Any] = {"state": state.state, "failure_reason": state.reason, "updated_at": state.at}
             if state.terminal:
                 values["lease_expires_at"] = None  # the lease ends with the trip
             if state.operations is not None:
                 values["operations"] = state.operations
-            conn.execute(self._update_state, {"b_id": state.trip_id, "b_fence": state.fence, **values})
+            values.update(b_id=state.trip_id, b_fence=state.fence)
+            updates.setdefault(tuple(values), []).append(values)
+        for same_columns in updates.values():
+            conn.execute(self._update_state, same_columns)
         return BatchResult(conflicts, stale)
 
     # --- leases (coordinator/lease.py decides when; this is how) ------------------------------------
@@ -458,11 +471,12 @@ def state_write(trip: Trip) -> StateWrite:
 
 
 def _trip_values(trip: Trip) -> dict[str, Any]:
+    request = trip.request.to_json()
     return {
         "trip_id": trip.trip_id,
         "state": trip.state.value,
-        "fingerprint": trip.request.fingerprint(),
-        "request": trip.request.to_json(),
+        "fingerprint": fingerprint_of(request),
+        "request": request,
         "customer_id": trip.request.customer_id,
         "definition_version": trip.definition_version,
         "failure_reason": trip.failure_reason,
