@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run with small numbers")
     parser.add_argument("--rounds", type=int, help="throughput rounds per coordinator (default 3; quick 1)")
-    parser.add_argument("--trips", help="trips per concurrency point, e.g. '1:40,16:128,64:256'")
+    parser.add_argument("--trips", help="trips per concurrency point, e.g. '1:150,16:600,64:1200' (the default)")
     parser.add_argument("--inflight", type=int, help="trips left in flight for scale and recovery (default 10000)")
     parser.add_argument("--recovery-limit", type=float, help="seconds to wait for recovery to finish (default 300)")
     parser.add_argument("--coordinators", help="which of tripmesh,nolog,dbos to measure (default all three)")
