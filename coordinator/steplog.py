@@ -145,8 +145,11 @@ class StepLogStore:
         rows = [{**w.values, "fence": w.fence, "owner": me} for w in accepted if isinstance(w, StepWrite)]
         if rows:
             conn.execute(self._upsert_step, rows)
-        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one executemany per set of columns
-        for state in (w for w in accepted if isinstance(w, StateWrite)):
+        # A StateWrite carries the trip's whole state, so only a trip's last one in the batch is written;
+        # then one executemany per set of columns (grouping must not put an older state after a newer).
+        latest = {w.trip_id: w for w in accepted if isinstance(w, StateWrite)}
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for state in latest.values():
             values: dict[str, Any] = {"state": state.state, "failure_reason": state.reason, "updated_at": state.at}
             if state.terminal:
                 values["lease_expires_at"] = None  # the lease ends with the trip

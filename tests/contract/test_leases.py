@@ -200,3 +200,21 @@ async def test_a_restarted_replica_takes_its_own_trips_back_without_waiting(
     assert (back.trip_id, back.fence) == ("t-mine", 2)
     with pytest.raises(StaleLeaseError):  # a straggler of the previous process is fenced off
         await before.flush([step_write(a_trip("t-mine"), a_step())])
+
+
+async def test_a_batch_writes_each_trips_latest_state_whatever_else_it_holds(
+    db: AsyncEngine, replicas: Callable[..., StepLogStore]
+) -> None:
+    """One group commit may carry two state writes of one trip (a transition waiting in `pending`, then
+    the terminal one) beside other trips' of other shapes: the trip ends in its latest state. (Seen in
+    the demo: a REVERTED change left CHANGE_REVERTING in the step log when updates were grouped by shape.)"""
+    store = replicas("replica-a")
+    first, second = a_trip("t-first"), a_trip("t-second")
+    assert await store.flush([new_trip(first), new_trip(second)])
+    first.state = TripState.CONFIRMED  # terminal: its lease ends, a write of another shape
+    second.state = TripState.CONFIRMING
+    early = state_write(second)
+    second.state = TripState.CONFIRMED
+    assert await store.flush([state_write(first), early, state_write(second)])
+    states = dict(await rows(db, "SELECT trip_id, state FROM trips ORDER BY trip_id"))
+    assert states == {"t-first": "CONFIRMED", "t-second": "CONFIRMED"}
