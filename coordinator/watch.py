@@ -95,14 +95,19 @@ class TripView:
         return items
 
     def on_read(self, trip: Trip) -> list[WatchItem]:
-        """The differences between the trip as read from the step log and what was sent."""
+        """The differences between the trip as read from the step log and what was sent.
+
+        Steps first, then the state change, as they happened; the step updates carry the state the client
+        knows, so its `previous_state` -> `state` chain never skips (a step update carrying the new state
+        before the state message made that message's previous_state look wrong to the client).
+        """
         items: list[WatchItem] = []
         for step in trip.ordered_steps():
             known = self.steps.get(step.name)
             if known == step:
                 continue
             self.steps[step.name], self.progress[step.name] = replace(step), _progress(step, False)
-            items.append(StepUpdate(replace(step), trip.state, "", trip.updated_at))
+            items.append(StepUpdate(replace(step), self.state, "", trip.updated_at))
         if trip.state is not self.state:
             items.append(StateUpdate(self.state, trip.state, trip.failure_reason, trip.updated_at))
             self.state = trip.state

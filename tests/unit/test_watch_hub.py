@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from coordinator.events import StepEvent, TripEvent
 from coordinator.participants import OutcomeKind
 from coordinator.trip import FlightPart, Step, StepStatus, Trip, TripRequest, TripState
+from coordinator.watch import StateUpdate, StepUpdate, TripView, copy_trip
 from coordinator.watch_hub import StateChange, StepChange, WatchHub
 
 NOW = datetime(2027, 3, 1, tzinfo=UTC)
@@ -59,3 +60,22 @@ def test_nobody_watching_costs_nothing() -> None:
     hub, trip = WatchHub(), a_trip()
     hub.on_step(trip, sent(trip))  # no subscription: nothing kept
     assert hub.watchers("t-1") == 0
+
+
+def test_a_trip_read_back_in_a_new_state_keeps_the_clients_state_chain() -> None:
+    """A parked trip reopened by RetryTrip, read from the step log before the engine drives it: the step
+    update carries the state the client knows and the state change follows, so `previous_state` always
+    matches what the client was told (a flaky WatchTrip test when the step carried the new state)."""
+    parked = a_trip()
+    parked.state = TripState.NEEDS_ATTENTION
+    parked.steps["flight.reserve"].status = StepStatus.FAILED
+    view = TripView(parked)
+    reopened = copy_trip(parked)
+    reopened.state = TripState.COMPENSATING
+    reopened.steps["flight.reserve"].status = StepStatus.STARTED
+    items = view.on_read(reopened)
+    assert [type(item) for item in items] == [StepUpdate, StateUpdate]
+    step, state = items
+    assert isinstance(step, StepUpdate) and isinstance(state, StateUpdate)
+    assert step.trip_state is TripState.NEEDS_ATTENTION and step.step.status is StepStatus.STARTED
+    assert (state.previous, state.state) == (TripState.NEEDS_ATTENTION, TripState.COMPENSATING)
