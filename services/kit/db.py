@@ -170,7 +170,12 @@ class Database:
             self._queued.append((work, future))
             start, self._draining = not self._draining, True
         if start:
-            loop.run_in_executor(self._executor, self._drain, loop)
+            try:
+                loop.run_in_executor(self._executor, self._drain, loop)
+            except RuntimeError:  # the executor is shut down (disposed): fail what waits, do not hang it
+                with self._queue_lock:
+                    queued, self._queued, self._draining = self._queued, [], False
+                _answer([(waiting, False, TransientError("the database is closing")) for _work, waiting in queued])
         return await future
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.exc import IntegrityError
 
 from services.kit.db import Database
+from services.kit.errors import TransientError
 
 
 @pytest.fixture
@@ -68,3 +69,9 @@ async def test_a_transaction_alone_that_raises_writes_nothing(db: Database) -> N
     assert await db.transaction(insert("after")) == "after"
     assert await keys(db) == ["after"]
     await db.dispose()
+
+
+async def test_a_transaction_after_dispose_fails_instead_of_waiting_forever(db: Database) -> None:
+    await db.dispose()
+    with pytest.raises(TransientError, match="closing"):
+        await asyncio.wait_for(db.transaction(insert("late")), 5)
