@@ -138,7 +138,7 @@ def parse_frame(text: str) -> Frame:
 
 # Innermost frames where a thread blocks: py-spy cannot always tell these from work, so they are
 # counted apart ("waiting") and the shares of work are over the rest.
-WAITING_SOURCE = ("self._selector.select(", ".get()", "self._target(")
+WAITING_SOURCE = ("self._selector.select(", ".get()", "work_queue.get(", "self._target(")
 
 
 def waiting(leaf: Frame) -> bool:
@@ -158,6 +158,8 @@ def thread_role(thread: str, frames: list[Frame]) -> str:
     funcs = {f.func.rsplit(".", 1)[-1] for f in frames}
     if "_connection_worker_thread" in funcs:
         return "aiosqlite's worker thread (SQLite calls, commit and fsync)"
+    if "_in_transaction" in funcs or thread.startswith("db"):
+        return "the step log's database thread (the group commit: SQLite calls, commit and fsync)"
     if "run_forever" in funcs:
         return "the event loop (main thread)"
     if "_poll_wrapper" in thread:
@@ -225,7 +227,8 @@ def write_report(raw: Path, out: Path, result: LoadResult, cpu_per_trip: float) 
         f"({100 * profile.waiting / max(1, profile.total):.0f} %) sit where a thread blocks (epoll, a queue's "
         "get, a thread running C code), which py-spy cannot always tell from work, and are left out: the "
         f"shares below are of the other {profile.working:,}. A Python frame's self time includes the C code it "
-        "calls (SQLite's statements and fsync count in aiosqlite's `Connection._execute`). Flame graph of a "
+        "calls (the step log's statements and fsync count in its database thread's `do_execute` / `do_commit`). "
+        "Flame graph of a "
         "twin run: `profile-coordinator.svg`. Regenerate with `python -m bench --profile`.",
         "",
         "## By thread",
