@@ -193,6 +193,11 @@ class Database:
                 return
 
     def _commit_batch(self, batch: list[_Queued]) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        # A caller that gave up before its turn (cancelled: its deadline passed, its client left) is not
+        # run, as an executor job not yet started is not (reading the flag from this thread is benign).
+        batch = [(work, future) for work, future in batch if not future.cancelled()]
+        if not batch:
+            return []
         conn = self._connection()
         if len(batch) == 1:  # alone: no savepoint needed, the transaction is the unit
             work, future = batch[0]

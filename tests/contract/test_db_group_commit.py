@@ -7,6 +7,7 @@ caller gets the error; the others commit; nobody hears back before the commit.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,3 +76,19 @@ async def test_a_transaction_after_dispose_fails_instead_of_waiting_forever(db: 
     await db.dispose()
     with pytest.raises(TransientError, match="closing"):
         await asyncio.wait_for(db.transaction(insert("late")), 5)
+
+
+async def test_a_caller_that_gave_up_before_its_turn_is_not_run(db: Database) -> None:
+    def slow(conn: Connection) -> str:
+        time.sleep(0.3)  # holds the worker: what is asked meanwhile queues
+        return insert("first")(conn)
+
+    first = asyncio.ensure_future(db.transaction(slow))
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.ensure_future(db.transaction(insert("abandoned")))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()  # as when a call's deadline passes while it waits for the database
+    assert await first == "first"
+    assert await db.transaction(insert("after")) == "after"
+    assert await keys(db) == ["after", "first"]
+    await db.dispose()
