@@ -69,16 +69,38 @@ def _attribute(span: trace_pb2.Span, key: str) -> str | None:
     return None
 
 
+EXPECTED_CONFIRMED_SPANS = frozenset(
+    {
+        ("tripmesh-coordinator", "/tripmesh.v1.TripCoordinator/BookTrip"),
+        ("tripmesh-coordinator", "flight.reserve"),
+        ("tripmesh-coordinator", "flight.confirm"),
+        ("tripmesh-payment", "/tripmesh.v1.PaymentService/Reserve"),
+        ("tripmesh-payment", "/tripmesh.v1.PaymentService/Confirm"),
+    }
+)
+
+
 def _wait_for_trace(
-    receiver: Receiver, trip_id: str, services: set[str], timeout: float = 30.0
+    receiver: Receiver,
+    trip_id: str,
+    services: set[str],
+    timeout: float = 30.0,
+    names: frozenset[tuple[str, str]] = frozenset(),
 ) -> list[tuple[str, trace_pb2.Span]]:
-    """The trip's one trace, once spans of these processes and the ended trip span have arrived."""
+    """The trip's one trace, once spans of these processes, these (service, span name)s and the ended trip
+    span have arrived (each process exports in batches: one's Reserve span may come a batch before its
+    Confirm span)."""
     deadline = time.monotonic() + timeout
     while True:
         traces = receiver.traces_of(trip_id)
         if len(traces) == 1:
             (spans,) = traces.values()
-            if {service for service, _ in spans} >= services and any(s.name == "tripmesh.trip" for _, s in spans):
+            arrived = {(service, span.name) for service, span in spans}
+            if (
+                {service for service, _ in arrived} >= services
+                and names <= arrived
+                and any(name == "tripmesh.trip" for _, name in arrived)
+            ):
                 return spans
         if time.monotonic() > deadline:
             found = {t: sorted({(svc, s.name) for svc, s in spans}) for t, spans in traces.items()}
@@ -131,7 +153,7 @@ def test_metrics_and_one_trace_per_trip_from_the_real_processes(tmp_path: Path) 
             assert flight.get("tripmesh_reservations", participant="flight", state="cancelled") == 0
             assert flight.get("tripmesh_reservations", participant="flight", state="confirmed") == 1
 
-            spans = _wait_for_trace(receiver, confirmed, SERVICES)
+            spans = _wait_for_trace(receiver, confirmed, SERVICES, names=EXPECTED_CONFIRMED_SPANS)
             # sold out: flight refused, the hotel held in parallel is released; payment and notify never called
             refused = _wait_for_trace(receiver, sold_out, {"tripmesh-coordinator", "tripmesh-flight", "tripmesh-hotel"})
     finally:
