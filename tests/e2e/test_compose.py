@@ -34,9 +34,9 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from coordinator.launcher import Launcher, LaunchError
-from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving, tcp_open
 from tests.support.databases import run_sync
+from tests.support.processes import free_ports as worker_free_ports
 from tripmesh.v1 import car_service_pb2 as car_pb
 from tripmesh.v1 import common_pb2 as common_pb
 from tripmesh.v1 import flight_service_pb2 as flight_pb
@@ -198,8 +198,8 @@ def test_healthcheck_fails_where_nothing_listens() -> None:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out for port 0; never one of the mesh's documented defaults."""
-    return launcher_free_ports(count, avoid=RESERVED_PORTS)
+    """Free ports from this test worker's own range (tests/support/processes.py); never a documented default."""
+    return worker_free_ports(count, avoid=RESERVED_PORTS)
 
 
 @dataclass

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.launcher import free_ports as launcher_free_ports
 from services.kit.healthcheck import grpc_serving
+from tests.support.processes import free_ports as worker_free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,8 @@ ROW = re.compile(r"^(?P<service>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S+)\s
 
 
 def free_ports(count: int) -> list[int]:
-    return launcher_free_ports(count, avoid=RESERVED_PORTS)
+    """Free ports from this test worker's own range (tests/support/processes.py); never a documented default."""
+    return worker_free_ports(count, avoid=RESERVED_PORTS)
 
 
 @dataclass

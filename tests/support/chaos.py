@@ -52,6 +52,16 @@ MODULES = {
     "coordinator": "coordinator",
 }
 PREFIXES = {name: name.upper().replace("-", "_") for name in MODULES}
+# The gRPC service each component's health check is asked about: "ready" means OUR process serves on the
+# port, not just anything that answers health there.
+SERVICES = {
+    "flight": "tripmesh.v1.FlightService",
+    "hotel": "tripmesh.v1.HotelService",
+    "payment": "tripmesh.v1.PaymentService",
+    "notify": "tripmesh.v1.NotificationService",
+    "car": "tripmesh.v1.CarService",
+    "coordinator": "tripmesh.v1.TripCoordinator",
+}
 
 
 def base_name(name: str) -> str:
@@ -97,6 +107,7 @@ class Proc:
     address: str
     log_path: Path
     tcp: bool = False
+    service: str = ""  # asked of the health check (empty: the server as a whole)
 
     @property
     def pid(self) -> int:
@@ -120,7 +131,11 @@ class Proc:
         while True:
             if not self.running():
                 raise AssertionError(f"{self.name} exited before it was ready: {self.describe()}")
-            ready = tcp_open(self.address, timeout=1.0) if self.tcp else grpc_serving(self.address, timeout=1.0)
+            ready = (
+                tcp_open(self.address, timeout=1.0)
+                if self.tcp
+                else grpc_serving(self.address, service=self.service, timeout=1.0)
+            )
             if ready:
                 return
             if time.monotonic() > deadline:
@@ -244,7 +259,8 @@ class ProcessMesh:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the terminal reaches pytest, which stops it by PID
             )
-            proc = Proc(name, popen, self.address(name), log_path, tcp=name == "smtp-sink")
+            service = SERVICES.get(base_name(name), "")
+            proc = Proc(name, popen, self.address(name), log_path, tcp=name == "smtp-sink", service=service)
             self.procs[name] = proc
             self.started.append(proc)
             self.starts[name] += 1

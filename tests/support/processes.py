@@ -16,10 +16,11 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +56,41 @@ BANNER_ROW = re.compile(r"^(?P<name>[\w-]+)\s+(?P<address>\S+:\d+)\s+(?P<data>\S
 METRICS_ROW = re.compile(r"^(?P<name>[\w-]+)\s+http://(?P<address>\S+:\d+)/metrics$")
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports the kernel says are free now, never a documented default."""
-    return launcher_free_ports(count, avoid=DEFAULT_PORTS.values())
+# Ports for processes a test starts on fixed ports: each pytest-xdist worker has a range of its own, below
+# the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 here), which bind(0) never hands
+# out. So a process restarted on its port (the crash tests kill and restart the coordinator) cannot find
+# it taken by another worker's server: once, a restarted coordinator's port answered as the other worker's
+# participant (CancelTrip: UNIMPLEMENTED), because both picked ports with bind(0).
+WORKER_PORTS = 2_500
+FIRST_WORKER_PORT = 20_000
+_port_cursor: dict[str, int] = {}
+
+
+def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
+    """`count` distinct ports free now, from this worker's range, never a documented default or `avoid`."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = FIRST_WORKER_PORT + index * WORKER_PORTS
+    skip = {*DEFAULT_PORTS.values(), *avoid}
+    cursor = _port_cursor.setdefault(worker, os.getpid() % WORKER_PORTS)  # another run's leftovers: elsewhere
+    found: list[int] = []
+    for step in range(WORKER_PORTS):
+        port = first + (cursor + step) % WORKER_PORTS
+        if port not in skip and _bindable(port):
+            found.append(port)
+            if len(found) == count:
+                _port_cursor[worker] = (cursor + step + 1) % WORKER_PORTS  # next time, ports not just used
+                return found
+    return launcher_free_ports(count, avoid=skip)  # the range is full: fall back to the kernel's choice
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _stat_fields(pid: int) -> list[str] | None:
