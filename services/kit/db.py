@@ -198,7 +198,6 @@ class Database:
         batch = [(work, future) for work, future in batch if not future.cancelled()]
         if not batch:
             return []
-        conn = self._connection()
         if len(batch) == 1:  # alone: no savepoint needed, the transaction is the unit
             work, future = batch[0]
             try:
@@ -207,6 +206,7 @@ class Database:
                 return [(future, False, error)]
         answers: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
+            conn = self._connection()  # inside: a database that cannot be opened fails the batch, not the worker
             with conn.begin():
                 for work, future in batch:
                     try:
@@ -214,7 +214,7 @@ class Database:
                             answers.append((future, True, work(conn)))
                     except Exception as error:  # noqa: BLE001 - rolled back to its savepoint, handed to its caller
                         answers.append((future, False, error))
-        except Exception as error:  # noqa: BLE001 - BEGIN or COMMIT failed: nothing of the batch is durable
+        except Exception as error:  # noqa: BLE001 - connect, BEGIN or COMMIT failed: nothing of the batch is durable
             return [(future, False, error) for _work, future in batch]
         return answers
 

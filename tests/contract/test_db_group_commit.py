@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, event
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.kit.db import Database
 from services.kit.errors import TransientError
@@ -92,3 +92,13 @@ async def test_a_caller_that_gave_up_before_its_turn_is_not_run(db: Database) ->
     assert await db.transaction(insert("after")) == "after"
     assert await keys(db) == ["after", "first"]
     await db.dispose()
+
+
+async def test_a_database_that_cannot_be_opened_fails_each_caller_instead_of_hanging(tmp_path: Path) -> None:
+    (tmp_path / "not-a-file.db").mkdir()  # SQLite cannot open a directory
+    broken = Database(f"sqlite:///{tmp_path}/not-a-file.db")
+    results = await asyncio.wait_for(
+        asyncio.gather(*(broken.transaction(insert(f"k{i}")) for i in range(5)), return_exceptions=True), 10
+    )
+    assert all(isinstance(r, OperationalError) for r in results), results
+    await broken.dispose()
